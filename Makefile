@@ -1,0 +1,44 @@
+# Two commands matter: `make demo` (the quickstart) and `make test` (what CI runs).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+
+.PHONY: install demo test lint typecheck unit e2e crds bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+install: $(PY)
+	$(PIP) install -q -e '.[test]'
+
+demo: install
+	$(VENV)/bin/makima demo
+
+lint: install
+	$(VENV)/bin/ruff check operator tests benchmarks
+	$(VENV)/bin/ruff format --check operator tests benchmarks
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+# The whole default suite; pytest's exit code 5 (nothing collected) is a failure here.
+test: install lint typecheck
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not e2e"
+
+unit: install
+	$(VENV)/bin/python -m pytest -q tests/unit
+
+e2e: install
+	$(VENV)/bin/python -m pytest -v -m e2e tests/e2e
+
+crds: install
+	$(VENV)/bin/makima crds --out crds/
+	cp crds/*.yaml charts/makima/crds/
+
+bench: install
+	$(PY) benchmarks/store.py
+	$(PY) benchmarks/handoff.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""makima: a Kubernetes operator that turns a written goal into a merged pull request."""
+
+__version__ = "0.1.0"

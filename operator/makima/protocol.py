@@ -1,0 +1,184 @@
+"""Messages between the operator, daemons and tasks: defined once, used by both halves.
+
+Every body on the operator API is one of these models. Unknown fields are rejected
+so a typo in a client is an error, not a silently ignored field.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .models import MAX_DEPENDS_ON, MAX_DESCRIPTION, MAX_ORDER_INDEX, MAX_TASK_PLAN, MAX_TITLE, DnsLabel
+from .tasks import TaskKind
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_EVENTS_PER_BATCH = 500
+MAX_EVENT_PAYLOAD_BYTES = 16 * 1024
+
+
+class Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# ---- what a task is asked to do ------------------------------------------------------------
+
+
+class AgentSettings(Msg):
+    """A profile is data: the command to run (prompt on stdin) and extra environment."""
+
+    command: list[str] = Field(min_length=1)
+    env: dict[str, str] = Field(default_factory=dict)
+    timeout_seconds: float = Field(default=3600, gt=0)
+
+
+class WorkspacePlan(Msg):
+    """How the runner prepares the git workspace before the agent starts."""
+
+    repo_url: str
+    base_branch: str = "main"
+    start_from: str | None = None  # branch to start from; None = base_branch
+    merge: list[str] = Field(default_factory=list)  # branches merged --no-ff after start_from, in order
+    branch: str | None = None  # branch to create and push; None = read-only (planning)
+
+
+class CompletionPlan(Msg):
+    directive_branch: str
+    base_branch: str = "main"
+    merge: list[str] = Field(default_factory=list)  # succeeded step branches in topological order
+    title: str
+    body: str = ""
+    draft: bool = False
+    open_pull_request: bool = True
+
+
+class TaskSpec(Msg):
+    """Everything the runner needs; fetched by a Job pod, pushed to a daemon."""
+
+    task_id: str
+    kind: TaskKind
+    attempt: int = 1
+    generation: int = 1
+    namespace: str
+    directive: str
+    step: str | None = None
+    title: str = ""
+    prompt: str = ""
+    workspace: WorkspacePlan
+    completion: CompletionPlan | None = None
+    agent: AgentSettings
+    credentials: dict[str, str] | None = Field(
+        default=None, description="Only sent to daemons over the authenticated socket; Jobs mount a Secret."
+    )
+
+
+# ---- what a task says back -----------------------------------------------------------------
+
+
+class EventType(str, Enum):
+    PROGRESS = "progress"
+    OUTPUT = "output"
+    GIT = "git"
+    HEARTBEAT = "heartbeat"
+    RESULT = "result"
+
+
+class TaskEvent(Msg):
+    type: EventType
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventBatch(Msg):
+    events: list[TaskEvent] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
+
+
+class Outcome(str, Enum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class TaskResult(Msg):
+    outcome: Outcome
+    branch: str | None = None
+    commit: str | None = None
+    changed_files: int | None = Field(default=None, ge=0)
+    message: str = Field(default="", max_length=8192)
+    pull_request_url: str | None = None
+
+
+class StepSubmission(Msg):
+    """One step as the planner writes it: dependencies are step *names*."""
+
+    name: DnsLabel
+    title: str = Field(min_length=1, max_length=MAX_TITLE)
+    description: str = Field(default="", max_length=MAX_DESCRIPTION)
+    task_plan: str = Field(default="", max_length=MAX_TASK_PLAN, alias="taskPlan")
+    depends_on: list[DnsLabel] = Field(default_factory=list, max_length=MAX_DEPENDS_ON, alias="dependsOn")
+    order_index: int = Field(default=0, ge=0, le=MAX_ORDER_INDEX, alias="orderIndex")
+
+
+class StepBatch(Msg):
+    steps: list[StepSubmission] = Field(min_length=1, max_length=200)
+
+
+class PullRequestReport(Msg):
+    url: str = Field(min_length=1, max_length=2048)
+    branch: str | None = None
+
+
+class Problem(Msg):
+    message: str
+    field: str | None = None
+    step: str | None = None
+
+
+class ErrorBody(Msg):
+    error: str
+    problems: list[Problem] = Field(default_factory=list)
+
+
+# ---- daemon socket ---------------------------------------------------------------------------
+
+
+class DaemonHello(Msg):
+    type: Literal["hello"] = "hello"
+    name: DnsLabel
+    namespace: DnsLabel
+    labels: dict[str, str] = Field(default_factory=dict)
+    capacity: int = Field(default=1, ge=1, le=256)
+    running: list[str] = Field(default_factory=list)  # task ids still running after a reconnect
+
+
+class DaemonWelcome(Msg):
+    type: Literal["welcome"] = "welcome"
+    daemon_id: str
+    heartbeat_seconds: float
+
+
+class DaemonHeartbeat(Msg):
+    type: Literal["heartbeat"] = "heartbeat"
+    running: list[str] = Field(default_factory=list)
+
+
+class SpawnTask(Msg):
+    type: Literal["spawn"] = "spawn"
+    spec: TaskSpec
+    token: str
+
+
+class SpawnAck(Msg):
+    type: Literal["ack"] = "ack"
+    task_id: str
+    accepted: bool = True
+    reason: str | None = None
+
+
+class CancelTask(Msg):
+    type: Literal["cancel"] = "cancel"
+    task_id: str
+
+
+DaemonToOperator = Annotated[DaemonHello | DaemonHeartbeat | SpawnAck, Field(discriminator="type")]
+OperatorToDaemon = Annotated[DaemonWelcome | SpawnTask | CancelTask, Field(discriminator="type")]

@@ -1,0 +1,6 @@
+"""Shared fixtures live in tests/support/; each area registers its plugin here."""
+
+pytest_plugins = [
+    "tests.support.pg",
+    "tests.support.sandbox",
+]
