@@ -1,0 +1,33 @@
+"""Operator settings from the environment (MAKIMA_*) or flags, via pydantic-settings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from platformdirs import user_state_dir
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MAKIMA_", extra="ignore")
+
+    namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty = all.")
+    database_url: str | None = Field(default=None, description="PostgreSQL DSN; unset = embedded server.")
+    state_dir: Path = Field(default_factory=lambda: Path(user_state_dir("makima")))
+    tick_seconds: float = Field(default=15.0, gt=0)
+    api_listen: str = Field(default="0.0.0.0:8080", description="host:port of the operator HTTP API.")
+    api_url: str = Field(
+        default="http://127.0.0.1:8080", description="URL tasks and daemons use to reach the API."
+    )
+    agent_image: str = "ghcr.io/makima-dev/makima:0.1.0"
+    agent_command: list[str] = Field(default_factory=lambda: ["claude", "-p", "--dangerously-skip-permissions"])
+    job_ttl_seconds: int = Field(default=3600, ge=0)
+    job_service_account: str | None = None
+    daemon_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    daemon_lost_after_seconds: float = Field(default=30.0, gt=0)
+    retry_base_seconds: float = Field(default=10.0, ge=0)
+    retry_max_seconds: float = Field(default=600.0, ge=0)
+    peering: str | None = Field(default=None, description="kopf peering name; unset = standalone.")
+    poll_only: bool = Field(default=False, description="Disable the event fast path (benchmark baseline).")
+    log_json: bool = False
