@@ -41,8 +41,7 @@ def short(uid: str, n: int = 8) -> str:
 def task_id(kind: str, scope_uid: str, number: int) -> str:
     """Task id from what the task is for: (kind, owning uid, attempt or generation).
 
-    step: (step uid, attempt); planning: (directive uid, plan generation);
-    completion: (directive uid, completion round).
+    step: (step uid, attempt); planning and completion: (directive uid:generation, attempt).
     """
     return str(uuid.uuid5(_TASK_NAMESPACE, f"{kind}:{scope_uid}:{number}"))
 
@@ -51,12 +50,13 @@ def step_task_id(step_uid: str, attempt: int) -> str:
     return task_id("step", step_uid, attempt)
 
 
-def planning_task_id(directive_uid: str, generation: int) -> str:
-    return task_id("planning", directive_uid, generation)
+def planning_task_id(directive_uid: str, generation: int, attempt: int = 1) -> str:
+    return task_id("planning", f"{directive_uid}:{generation}", attempt)
 
 
-def completion_task_id(directive_uid: str, round_: int) -> str:
-    return task_id("completion", directive_uid, round_)
+def completion_task_id(directive_uid: str, generation: int, attempt: int = 1) -> str:
+    """Completion runs once per plan generation (re-completion after a re-plan), per attempt."""
+    return task_id("completion", f"{directive_uid}:{generation}", attempt)
 
 
 def job_name(task_id_: str) -> str:
