@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 from .runner.cli import agent_app, directive_app, task_app
@@ -17,11 +19,17 @@ app.add_typer(directive_app, name="directive", help="Task-side directive command
 
 
 @app.command()
-def crds() -> None:
+def crds(
+    out: Path | None = typer.Option(None, help="Write one file per CRD into this directory instead."),
+) -> None:
     """Print the CustomResourceDefinitions generated from the models."""
-    from .crds import render_all
+    from .crds import render_all, write_all
 
-    typer.echo(render_all(), nl=False)
+    if out is None:
+        typer.echo(render_all(), nl=False)
+    else:
+        for path in write_all(out):
+            typer.echo(f"wrote {path}")
 
 
 def main() -> None:

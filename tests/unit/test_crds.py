@@ -1,0 +1,150 @@
+"""The generated CRDs: in step with the models, structural, and accepting what the models accept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from makima.cli import app
+from makima.crds import all_crds, directive_crd, render
+from makima.models import DirectiveSpec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Keys the API server forbids or restricts in a structural schema (apiextensions validation).
+_FORBIDDEN = {"$ref", "definitions", "$defs", "additionalItems", "patternProperties", "dependencies", "id"}
+
+
+def structural_problems(node: Any, path: str = "") -> list[str]:
+    """The structural-schema rules of apiextensions.k8s.io/v1, as far as our schemas can hit them."""
+    problems: list[str] = []
+    if not isinstance(node, dict):
+        return [f"{path}: not an object"]
+    for key in _FORBIDDEN & node.keys():
+        problems.append(f"{path}: forbidden key {key}")
+    preserve = node.get("x-kubernetes-preserve-unknown-fields") is True
+    if "type" not in node and not preserve and not node.get("x-kubernetes-int-or-string"):
+        problems.append(f"{path}: missing type")
+    if "properties" in node and "additionalProperties" in node:
+        problems.append(f"{path}: additionalProperties beside properties")
+    if node.get("type") == "array" and "items" not in node:
+        problems.append(f"{path}: array without items")
+    for key in ("anyOf", "oneOf", "allOf", "not"):
+        for i, sub in enumerate(node.get(key, []) if key != "not" else [node[key]] if key in node else []):
+            for banned in ("type", "default", "nullable", "description", "additionalProperties"):
+                if banned in sub:
+                    problems.append(f"{path}.{key}[{i}]: {banned} inside {key}")
+    if node.get("type") == "object" and not node.get("properties") and "additionalProperties" not in node:
+        if not preserve and path not in (".metadata",):
+            problems.append(f"{path}: object with no properties must preserve unknown fields")
+    for name, sub in node.get("properties", {}).items():
+        problems += structural_problems(sub, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        problems += structural_problems(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        problems += structural_problems(node["additionalProperties"], f"{path}{{}}")
+    return problems
+
+
+def _schema(crd: dict[str, Any]) -> dict[str, Any]:
+    schema: dict[str, Any] = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    return schema
+
+
+@pytest.mark.parametrize("name", sorted(all_crds()))
+def test_committed_crds_match_the_models(name: str) -> None:
+    committed = ROOT / "crds" / name
+    assert committed.exists(), f"{committed} missing: run `make crds`"
+    assert committed.read_text() == render(all_crds()[name]), f"{name} drifted from the models: run `make crds`"
+
+
+@pytest.mark.parametrize("name", sorted(all_crds()))
+def test_schemas_are_structural(name: str) -> None:
+    assert structural_problems(_schema(all_crds()[name])) == []
+
+
+def test_structural_checker_catches_violations() -> None:
+    bad = {
+        "type": "object",
+        "properties": {"a": {"description": "untyped"}, "b": {"type": "array"}},
+        "additionalProperties": {"type": "string"},
+    }
+    problems = structural_problems(bad)
+    assert any("missing type" in p for p in problems)
+    assert any("array without items" in p for p in problems)
+    assert any("additionalProperties beside properties" in p for p in problems)
+
+
+def test_crd_names_scope_and_columns() -> None:
+    crds = all_crds()
+    directive = crds["makima.dev_directives.yaml"]
+    step = crds["makima.dev_directivesteps.yaml"]
+    assert directive["metadata"]["name"] == "directives.makima.dev"
+    assert step["metadata"]["name"] == "directivesteps.makima.dev"
+    for crd, short in ((directive, "dir"), (step, "dstep")):
+        assert crd["spec"]["scope"] == "Namespaced"
+        assert crd["spec"]["names"]["shortNames"] == [short]
+        version = crd["spec"]["versions"][0]
+        assert version["name"] == "v1alpha1" and version["subresources"] == {"status": {}}
+    assert [c["name"] for c in directive["spec"]["versions"][0]["additionalPrinterColumns"]] == [
+        "Phase",
+        "Progress",
+        "PR",
+        "Age",
+    ]
+    assert [c["name"] for c in step["spec"]["versions"][0]["additionalPrinterColumns"]] == [
+        "Directive",
+        "Phase",
+        "Order",
+        "Attempts",
+        "Age",
+    ]
+
+
+def test_bounds_and_defaults_reach_the_schema() -> None:
+    spec = _schema(directive_crd())["properties"]["spec"]["properties"]
+    execution = spec["execution"]["properties"]
+    assert execution["maxParallelSteps"] == {**execution["maxParallelSteps"], "minimum": 1, "maximum": 64}
+    assert execution["retries"]["minimum"] == 0 and execution["retries"]["maximum"] == 10
+    assert execution["mode"]["enum"] == ["Auto", "Job", "Daemon"]
+    assert execution["maxParallelSteps"]["default"] == 4
+    assert spec["execution"]["default"] == {}
+    assert spec["repository"]["properties"]["baseBranch"]["default"] == "main"
+    assert spec["goal"]["maxLength"] == DirectiveSpec.model_fields["goal"].metadata[1].max_length
+
+
+def test_crd_schema_and_models_agree_on_an_example() -> None:
+    """What the CRD schema accepts, the model accepts too, and vice versa for a bad value."""
+    schema = {**_schema(directive_crd())["properties"]["spec"]}
+    good = {"title": "t", "goal": "g", "repository": {"url": "file:///tmp/r.git"}}
+    jsonschema.validate(good, schema)
+    DirectiveSpec.model_validate(good)
+    bad = {**good, "execution": {"maxParallelSteps": 0}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+    with pytest.raises(ValueError):
+        DirectiveSpec.model_validate(bad)
+
+
+def test_examples_validate_against_their_crd() -> None:
+    examples = sorted((ROOT / "examples").glob("*.yaml"))
+    assert examples, "examples/ has no directives"
+    crds = {c["spec"]["names"]["kind"]: c for c in all_crds().values()}
+    for path in examples:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") not in crds:
+                continue
+            jsonschema.validate(doc, _schema(crds[doc["kind"]]))
+            DirectiveSpec.model_validate(doc["spec"])
+
+
+def test_cli_prints_both_crds() -> None:
+    result = CliRunner().invoke(app, ["crds"])
+    assert result.exit_code == 0, result.output
+    docs = [d for d in yaml.safe_load_all(result.output) if d]
+    assert {d["metadata"]["name"] for d in docs} == {"directives.makima.dev", "directivesteps.makima.dev"}
