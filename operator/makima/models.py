@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
@@ -85,7 +85,7 @@ class Wire(BaseModel):
 # ---- enums -------------------------------------------------------------------------------
 
 
-class DirectivePhase(str, Enum):
+class DirectivePhase(StrEnum):
     PENDING = "Pending"
     PLANNING = "Planning"
     EXECUTING = "Executing"
@@ -95,7 +95,7 @@ class DirectivePhase(str, Enum):
     FAILED = "Failed"
 
 
-class StepPhase(str, Enum):
+class StepPhase(StrEnum):
     PENDING = "Pending"
     READY = "Ready"
     RUNNING = "Running"
@@ -108,19 +108,19 @@ class StepPhase(str, Enum):
         return self in (StepPhase.SUCCEEDED, StepPhase.FAILED, StepPhase.SKIPPED)
 
 
-class ExecutionMode(str, Enum):
+class ExecutionMode(StrEnum):
     AUTO = "Auto"
     JOB = "Job"
     DAEMON = "Daemon"
 
 
-class ConditionStatus(str, Enum):
+class ConditionStatus(StrEnum):
     TRUE = "True"
     FALSE = "False"
     UNKNOWN = "Unknown"
 
 
-class ExecutorKind(str, Enum):
+class ExecutorKind(StrEnum):
     JOB = "job"
     DAEMON = "daemon"
 

@@ -6,7 +6,7 @@ so a typo in a client is an error, not a silently ignored field.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -77,7 +77,7 @@ class TaskSpec(Msg):
 # ---- what a task says back -----------------------------------------------------------------
 
 
-class EventType(str, Enum):
+class EventType(StrEnum):
     PROGRESS = "progress"
     OUTPUT = "output"
     GIT = "git"
@@ -94,7 +94,7 @@ class EventBatch(Msg):
     events: list[TaskEvent] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
 
 
-class Outcome(str, Enum):
+class Outcome(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
 

@@ -6,19 +6,19 @@ The store returns these; `decide()` reads them in its snapshot. No I/O here.
 from __future__ import annotations
 
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class TaskKind(str, Enum):
+class TaskKind(StrEnum):
     PLANNING = "planning"
     STEP = "step"
     COMPLETION = "completion"
 
 
-class TaskState(str, Enum):
+class TaskState(StrEnum):
     PENDING = "pending"  # row exists, not yet handed to an executor
     DISPATCHED = "dispatched"  # Job created / daemon sent SpawnTask
     RUNNING = "running"  # the runner said hello (first event or heartbeat)
