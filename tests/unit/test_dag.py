@@ -1,0 +1,238 @@
+"""makima.dag: validation, readiness, skip propagation, order and counts."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from makima import dag
+from makima.dag import Limits, Node
+from makima.models import StepPhase
+from makima.protocol import StepSubmission
+
+P = StepPhase
+
+
+def sub(name: str, deps: list[str] | None = None, order: int = 0) -> StepSubmission:
+    return StepSubmission(name=name, title=name.title(), dependsOn=deps or [], orderIndex=order)
+
+
+def msgs(problems: list) -> list[str]:
+    return [p.message for p in problems]
+
+
+# ---- validation -----------------------------------------------------------------------------
+
+
+def test_valid_diamond_has_no_problems() -> None:
+    batch = [sub("a"), sub("b", ["a"]), sub("c", ["a"]), sub("d", ["b", "c"])]
+    assert dag.validate_submission([], batch) == []
+
+
+def test_cycle_is_reported_with_its_path() -> None:
+    batch = [sub("a", ["c"]), sub("b", ["a"]), sub("c", ["b"])]
+    problems = dag.validate_submission([], batch)
+    assert msgs(problems) == ["dependency cycle: a -> c -> b -> a"]
+    assert problems[0].step == "a"
+    assert problems[0].field == "dependsOn"
+
+
+def test_two_node_cycle_and_self_dependency() -> None:
+    problems = dag.validate_submission([], [sub("x", ["y"]), sub("y", ["x"]), sub("z", ["z"])])
+    assert "dependency cycle: x -> y -> x" in msgs(problems)
+    assert "step 'z' depends on itself" in msgs(problems)
+    assert {p.step for p in problems} == {"x", "z"}
+
+
+def test_unknown_dependency_names_the_step_and_the_dependency() -> None:
+    problems = dag.validate_submission([Node("old")], [sub("a", ["old"]), sub("b", ["nope"])])
+    assert len(problems) == 1
+    assert problems[0].step == "b"
+    assert "'b' depends on unknown step 'nope'" in problems[0].message
+
+
+def test_duplicate_names_in_batch_and_against_existing() -> None:
+    problems = dag.validate_submission([Node("a", generation=1)], [sub("a"), sub("b"), sub("b")])
+    assert [p.step for p in problems] == ["a", "b"]
+    assert "step 'a' already exists (generation 1)" in problems[0].message
+    assert "step name 'b' is used twice in this batch (positions 1 and 2)" in problems[1].message
+
+
+def test_negative_order_index_is_rejected_naming_the_step() -> None:
+    bad = StepSubmission.model_construct(name="late", title="Late", depends_on=[], order_index=-1)
+    problems = dag.validate_submission([], [bad])
+    assert msgs(problems) == ["step 'late': orderIndex must be >= 0, got -1"]
+    assert problems[0].step == "late"
+    assert problems[0].field == "orderIndex"
+
+
+def test_parse_submission_reports_field_errors_per_step() -> None:
+    steps, problems = dag.parse_submission(
+        [
+            {"name": "ok", "title": "Ok"},
+            {"name": "neg", "title": "Neg", "orderIndex": -3},
+            {"title": "Nameless"},
+        ]
+    )
+    assert [s.name for s in steps] == ["ok"]
+    assert [p.step for p in problems] == ["neg", None]
+    assert problems[0].message.startswith("step 'neg': orderIndex:")
+    assert problems[0].field == "orderIndex"
+    assert problems[1].message.startswith("step #2: name:")
+    assert dag.parse_submission({"steps": []})[1][0].message.startswith("steps must be a JSON array")
+
+
+def test_sizes_are_bounded() -> None:
+    existing = [Node(f"s{i}") for i in range(3)]
+    problems = dag.validate_submission(existing, [sub("a"), sub("b")], Limits(max_steps=4))
+    assert msgs(problems) == ["too many steps: 3 existing + 2 submitted = 5, the limit per directive is 4"]
+    many = [f"d{i}" for i in range(3)]
+    problems = dag.validate_submission([Node(n) for n in many], [sub("a", many)], Limits(max_depends_on=2))
+    assert msgs(problems) == ["step 'a' has 3 dependencies, the limit is 2"]
+
+
+def test_empty_batch_is_a_problem() -> None:
+    assert msgs(dag.validate_submission([], [])) == ["no steps submitted: a plan needs at least one step"]
+
+
+def test_dependency_on_a_later_phase_would_deadlock() -> None:
+    problems = dag.validate_submission([], [sub("a", ["b"], order=0), sub("b", order=1)])
+    assert len(problems) == 1
+    assert problems[0].step == "a"
+    assert "can never start" in problems[0].message
+
+
+def test_duplicate_dependency_entry() -> None:
+    problems = dag.validate_submission([], [sub("a"), sub("b", ["a", "a"])])
+    assert msgs(problems) == ["step 'b' lists dependency 'a' twice"]
+
+
+# ---- readiness --------------------------------------------------------------------------------
+
+
+def test_ready_needs_dependencies_and_lower_phases_succeeded() -> None:
+    nodes = [
+        Node("a", order_index=0, phase=P.SUCCEEDED),
+        Node("b", ("a",), order_index=1),
+        Node("c", order_index=1),
+        Node("d", order_index=2),
+        Node("e", order_index=0, generation=2),  # other generation: phases don't apply
+        Node("f", ("ghost",), generation=3),  # dependency not created yet: waits
+    ]
+    assert dag.ready_steps(nodes) == ["e", "b", "c"]
+
+
+def test_ready_waits_for_running_dependency() -> None:
+    nodes = [Node("a", phase=P.RUNNING), Node("b", ("a",))]
+    assert dag.ready_steps(nodes) == []
+
+
+def test_skip_propagates_transitively_with_reasons() -> None:
+    nodes = [
+        Node("a", phase=P.FAILED),
+        Node("b", ("a",)),
+        Node("c", ("b",), phase=P.READY),
+        Node("x", order_index=1),
+        Node("y", order_index=0, generation=2),
+        Node("done", phase=P.SUCCEEDED),
+    ]
+    reasons = dag.skip_propagation(nodes)
+    assert reasons == {
+        "b": "dependency 'a' failed",
+        "c": "dependency 'b' was skipped",
+        "x": "step 'a' (orderIndex 0 < 1, generation 1) failed",
+    }
+
+
+def test_topological_order_is_stable() -> None:
+    nodes = [
+        Node("d", ("b", "c"), order_index=2),
+        Node("c", ("a",), order_index=1),
+        Node("b", ("a",), order_index=1),
+        Node("a"),
+        Node("z"),
+    ]
+    assert dag.topological_order(nodes) == ["a", "z", "b", "c", "d"]
+    assert dag.topological_order(list(reversed(nodes))) == ["a", "z", "b", "c", "d"]
+
+
+def test_progress_counts() -> None:
+    p = dag.progress([P.SUCCEEDED, P.SUCCEEDED, P.SUCCEEDED, P.RUNNING, P.PENDING, P.FAILED, P.SKIPPED])
+    assert p.text == "3/7"
+    assert (p.counts.total, p.counts.running, p.counts.pending, p.counts.failed, p.counts.skipped) == (
+        7,
+        1,
+        1,
+        1,
+        1,
+    )
+
+
+# ---- properties -------------------------------------------------------------------------------
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> list[Node]:
+    n = draw(st.integers(1, 9))
+    orders = sorted(draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)))
+    nodes = []
+    for i in range(n):
+        deps = draw(st.lists(st.sampled_from(range(i)), unique=True, max_size=3)) if i else []
+        phase = draw(st.sampled_from(list(P)))
+        nodes.append(Node(f"s{i}", tuple(f"s{j}" for j in deps), orders[i], 1, phase))
+    perm = draw(st.permutations(nodes))
+    return list(perm)
+
+
+@settings(max_examples=500, deadline=None)
+@given(dags())
+def test_topological_order_respects_every_edge(nodes: list[Node]) -> None:
+    order = dag.topological_order(nodes)
+    assert sorted(order) == sorted(n.name for n in nodes)
+    pos = {name: i for i, name in enumerate(order)}
+    for n in nodes:
+        for d in n.depends_on:
+            assert pos[d] < pos[n.name]
+    # a valid acyclic plan validates cleanly
+    batch = [sub(n.name, list(n.depends_on), n.order_index) for n in nodes]
+    assert dag.validate_submission([], batch) == []
+
+
+@settings(max_examples=500, deadline=None)
+@given(dags())
+def test_ready_and_skipped_are_consistent(nodes: list[Node]) -> None:
+    index = {n.name: n for n in nodes}
+    ready = dag.ready_steps(nodes)
+    skipped = dag.skip_propagation(nodes)
+    for name in ready:
+        node = index[name]
+        assert node.phase in (P.PENDING, P.READY)
+        assert all(index[d].phase is P.SUCCEEDED for d in node.depends_on)
+        assert all(
+            o.phase is P.SUCCEEDED
+            for o in nodes
+            if o.generation == node.generation and o.order_index < node.order_index
+        )
+        assert name not in skipped
+    for name in skipped:
+        assert index[name].phase in (P.PENDING, P.READY)
+
+
+@settings(max_examples=500, deadline=None)
+@given(dags(), st.data())
+def test_an_added_back_edge_is_reported_as_a_cycle(nodes: list[Node], data: st.DataObject) -> None:
+    chains = [n for n in nodes if n.depends_on]
+    if not chains:
+        return
+    child = data.draw(st.sampled_from(sorted(chains, key=lambda n: n.name)))
+    parent = child.depends_on[0]
+    batch = [sub(n.name, [*n.depends_on, child.name] if n.name == parent else list(n.depends_on), 0) for n in nodes]
+    problems = dag.validate_submission([], batch)
+    cycles = [p for p in problems if p.message.startswith("dependency cycle: ")]
+    assert cycles
+    path = cycles[0].message.removeprefix("dependency cycle: ").split(" -> ")
+    assert path[0] == path[-1]
+    edges = {(n.name, d) for n in batch for d in n.depends_on}
+    assert all((a, b) in edges for a, b in itertools.pairwise(path))
