@@ -1,0 +1,163 @@
+{{/* Chart name, truncated to a DNS label. */}}
+{{- define "makima.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Full resource name prefix. */}}
+{{- define "makima.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "makima.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Common labels. */}}
+{{- define "makima.labels" -}}
+helm.sh/chart: {{ include "makima.chart" . }}
+app.kubernetes.io/name: {{ include "makima.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: makima
+{{- end -}}
+
+{{/* Selector labels of one component (pass dict "ctx" . "component" "operator"). */}}
+{{- define "makima.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "makima.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "makima.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "makima.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "makima.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* URL Job pods and daemons use to reach the operator API. */}}
+{{- define "makima.apiUrl" -}}
+{{- if .Values.operator.apiUrl -}}
+{{- .Values.operator.apiUrl -}}
+{{- else -}}
+{{- printf "http://%s.%s.svc:%d" (include "makima.fullname" .) .Release.Namespace (int .Values.service.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "makima.peeringEnabled" -}}
+{{- if gt (int .Values.replicas) 1 -}}true{{- end -}}
+{{- end -}}
+
+{{- define "makima.postgresql.fullname" -}}
+{{- printf "%s-postgresql" (include "makima.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Secret + key holding the DSN. */}}
+{{- define "makima.database.secretName" -}}
+{{- if .Values.postgresql.bundled.enabled -}}
+{{- include "makima.postgresql.fullname" . -}}
+{{- else -}}
+{{- required "database.existingSecret is required: name a Secret holding the PostgreSQL DSN, or set postgresql.bundled.enabled=true" .Values.database.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "makima.database.secretKey" -}}
+{{- if .Values.postgresql.bundled.enabled -}}database-url{{- else -}}{{ .Values.database.existingSecretKey }}{{- end -}}
+{{- end -}}
+
+{{/* Namespaces where agent-pod NetworkPolicies go. */}}
+{{- define "makima.networkPolicyNamespaces" -}}
+{{- $ns := .Values.networkPolicy.namespaces | default .Values.watchNamespaces | default (list .Release.Namespace) -}}
+{{- toJson $ns -}}
+{{- end -}}
+
+{{/* Restricted container security context shared by every container. */}}
+{{- define "makima.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Restricted pod security context for the makima image (UID 10001). */}}
+{{- define "makima.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/*
+RBAC rules: exactly the API calls in operator/makima/kube_calls.py (OPERATOR_RULES);
+tests/ship/test_rbac.py fails on any difference. Namespaced rules go in a Role per
+watched namespace (or the ClusterRole when watching all); cluster-scoped reads always
+in a ClusterRole. Peering rules only when replicas > 1: the namespaced KopfPeering when
+watching listed namespaces, the ClusterKopfPeering when watching all.
+*/}}
+{{- define "makima.rules.namespaced" -}}
+- apiGroups: ["makima.dev"]
+  resources: ["directives"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["makima.dev"]
+  resources: ["directives/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["makima.dev"]
+  resources: ["directivesteps"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["makima.dev"]
+  resources: ["directivesteps/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "create", "delete"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end -}}
+
+{{- define "makima.rules.cluster" -}}
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["list", "watch"]
+{{- end -}}
+
+{{- define "makima.rules.namespacedPeering" -}}
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end -}}
+
+{{- define "makima.rules.clusterPeering" -}}
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end -}}
