@@ -1,1 +1,156 @@
-"""Fixtures (placeholder until the area lands)."""
+"""PostgreSQL fixtures: one real server per session, one fresh migrated database per test.
+
+- `pg_server` (session): the embedded server in a temp dir (or `MAKIMA_TEST_DATABASE_URL`),
+  plus a template database migrated once.
+- `pg_dsn` (function): DSN of a new database cloned from that template (fast: a file copy).
+- `store` (function): a connected `TaskStore` on `pg_dsn`.
+
+Admin statements (CREATE/DROP DATABASE) run on one connection owned by a background
+thread with its own event loop, so they work from any test's loop and cost no reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from makima.store import TaskStore
+from makima.store.embedded import FAST_SETTINGS, EmbeddedPostgres
+from makima.store.migrations import migrate
+
+T = TypeVar("T")
+
+
+def dsn_with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+class _AdminLoop:
+    """A private event loop in a thread, holding one admin connection."""
+
+    def __init__(self, dsn: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="pg-admin", daemon=True)
+        self.thread.start()
+        self.dsn = dsn
+        self.conn: asyncpg.Connection | None = None
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=60)
+
+    async def _conn(self) -> asyncpg.Connection:
+        if self.conn is None or self.conn.is_closed():
+            self.conn = await asyncpg.connect(self.dsn)
+        return self.conn
+
+    async def _execute(self, sql: str) -> None:
+        try:
+            await (await self._conn()).execute(sql)
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError):
+            self.conn = None  # the server was restarted by a test: reconnect once
+            await (await self._conn()).execute(sql)
+
+    def execute(self, sql: str) -> None:
+        self.run(self._execute(sql))
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.run(self.conn.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=5)
+
+
+@dataclass
+class PgServer:
+    admin_dsn: str  # a DSN of the maintenance database ("postgres")
+    template: str
+    embedded: EmbeddedPostgres | None = None
+    admin: _AdminLoop = field(init=False)
+
+    def dsn(self, database: str) -> str:
+        return dsn_with_database(self.admin_dsn, database)
+
+    def create_database(self) -> str:
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        # FILE_COPY clones a small database much faster than the default WAL_LOG strategy.
+        self.admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{self.template}" STRATEGY FILE_COPY')
+        return name
+
+    def drop_database(self, name: str) -> None:
+        self.admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+async def _build_template(server_dsn: str, template: str) -> None:
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{template}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{template}"')
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(dsn_with_database(server_dsn, template))
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    external = os.environ.get("MAKIMA_TEST_DATABASE_URL")
+    tmp: str | None = None
+    embedded: EmbeddedPostgres | None = None
+    if external:
+        admin_dsn = external
+    else:
+        # Not pytest's tmp_path: it is 0700 under root, and the server may run as `nobody`.
+        tmp = tempfile.mkdtemp(prefix="makima-pg-")
+        os.chmod(tmp, 0o755)
+        embedded = EmbeddedPostgres(os.path.join(tmp, "data"), settings=FAST_SETTINGS, database="postgres")
+        admin_dsn = embedded.start()
+    template = f"makima_tmpl_{uuid.uuid4().hex[:8]}"
+    server = PgServer(admin_dsn=dsn_with_database(admin_dsn, "postgres"), template=template, embedded=embedded)
+    server.admin = _AdminLoop(server.admin_dsn)
+    server.admin.run(_build_template(server.admin_dsn, template))
+    try:
+        yield server
+    finally:
+        try:
+            server.drop_database(template)
+        finally:
+            server.admin.close()
+            if embedded is not None:
+                embedded.stop(mode="immediate")
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_dsn(pg_server: PgServer) -> Iterator[str]:
+    """DSN of a fresh database with every migration applied; dropped after the test."""
+    name = pg_server.create_database()
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        pg_server.drop_database(name)
+
+
+@pytest.fixture
+async def store(pg_dsn: str) -> AsyncIterator[TaskStore]:
+    """A connected TaskStore on a fresh migrated database."""
+    s = await TaskStore.connect(pg_dsn, min_size=1, max_size=10)
+    try:
+        yield s
+    finally:
+        await s.close()
