@@ -83,3 +83,4 @@ class Task(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     version: int = 1
+    spec: dict[str, Any] | None = None  # the protocol.TaskSpec it was dispatched with (wire form)

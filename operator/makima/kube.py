@@ -1,0 +1,200 @@
+"""The Kubernetes API gateway: the only module that calls the API.
+
+Every call made here has an RBAC rule in `kube_calls.OPERATOR_RULES` (a test compares
+the chart's Role with that list). The official client is synchronous; calls run in a
+worker thread so the kopf loop never blocks. Creates are create-if-absent (409 means
+"already done"), status patches are merge patches of only what changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from . import metrics
+from .models import GROUP, VERSION
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DIRECTIVES = "directives"
+STEPS = "directivesteps"
+
+
+class KubeError(RuntimeError):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(f"Kubernetes API error {status}: {reason}")
+        self.status = status
+        self.reason = reason
+
+
+def load_config(kubeconfig: str | None = None) -> client.ApiClient:
+    """A client from KUBECONFIG / ~/.kube/config, or the in-cluster service account."""
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        cfg = client.Configuration()
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        return client.ApiClient(cfg)
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.custom = client.CustomObjectsApi(api)
+        self.batch = client.BatchV1Api(api)
+        self.core = client.CoreV1Api(api)
+
+    async def _call(self, verb: str, resource: str, fn: Callable[[], T]) -> T:
+        metrics.API_CALLS.labels(verb=verb, resource=resource).inc()
+        try:
+            return await asyncio.to_thread(fn)
+        except ApiException as exc:
+            raise KubeError(exc.status or 0, str(exc.reason)) from exc
+
+    async def _create(self, verb_resource: str, fn: Callable[[], T]) -> T | None:
+        """Create-if-absent: None when the object already exists (idempotent re-apply)."""
+        try:
+            return await self._call("create", verb_resource, fn)
+        except KubeError as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    # ---- directives and steps ----------------------------------------------------------
+
+    async def get_directive(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = await self._call(
+                "get",
+                DIRECTIVES,
+                lambda: self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES, name),
+            )
+            return obj
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def list_steps(self, namespace: str, directive: str) -> list[dict[str, Any]]:
+        from .naming import LABEL_DIRECTIVE
+
+        result: dict[str, Any] = await self._call(
+            "list",
+            STEPS,
+            lambda: self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, STEPS, label_selector=f"{LABEL_DIRECTIVE}={directive}"
+            ),
+        )
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    async def create_step(self, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        return await self._create(
+            STEPS, lambda: self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, STEPS, body)
+        )
+
+    async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Merge-patch the status subresource with only the changed fields; returns the new object."""
+        obj: dict[str, Any] = await self._call(
+            "patch",
+            f"{plural}/status",
+            lambda: self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, {"status": status}
+            ),
+        )
+        return obj
+
+    async def patch_directive(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        obj: dict[str, Any] = await self._call(
+            "patch",
+            DIRECTIVES,
+            lambda: self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES, name, patch),
+        )
+        return obj
+
+    # ---- Jobs and their token Secrets ---------------------------------------------------
+
+    async def create_secret(self, namespace: str, body: dict[str, Any]) -> None:
+        await self._create("secrets", lambda: self.core.create_namespaced_secret(namespace, body))
+
+    async def get_secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """Decoded data of a Secret (for a daemon task's repository credentials)."""
+        import base64
+
+        try:
+            secret = await self._call("get", "secrets", lambda: self.core.read_namespaced_secret(name, namespace))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+    async def delete_secret(self, namespace: str, name: str) -> None:
+        await self._delete("secrets", lambda: self.core.delete_namespaced_secret(name, namespace))
+
+    async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        created = await self._create("jobs", lambda: self.batch.create_namespaced_job(namespace, body))
+        return self.api.sanitize_for_serialization(created) if created is not None else None
+
+    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            job = await self._call("get", "jobs", lambda: self.batch.read_namespaced_job(name, namespace))
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        result: dict[str, Any] = self.api.sanitize_for_serialization(job)
+        return result
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        body = client.V1DeleteOptions(propagation_policy="Background")
+        await self._delete("jobs", lambda: self.batch.delete_namespaced_job(name, namespace, body=body))
+
+    async def _delete(self, resource: str, fn: Callable[[], Any]) -> None:
+        try:
+            await self._call("delete", resource, fn)
+        except KubeError as exc:
+            if exc.status != 404:
+                raise
+
+    # ---- Events -------------------------------------------------------------------------
+
+    async def emit_event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on `obj`, shown by `kubectl describe`. Never fails the caller."""
+        meta = obj["metadata"]
+        body = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj.get("apiVersion", f"{GROUP}/{VERSION}"),
+                "kind": obj.get("kind", "Directive"),
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "makima-operator"},
+            "firstTimestamp": _now(),
+            "lastTimestamp": _now(),
+            "count": 1,
+            "reportingComponent": "makima.dev/operator",
+            "reportingInstance": "makima-operator",
+        }
+        try:
+            await self._call("create", "events", lambda: self.core.create_namespaced_event(meta["namespace"], body))
+        except KubeError as exc:
+            log.warning("could not emit event %s on %s: %s", reason, meta["name"], exc)
