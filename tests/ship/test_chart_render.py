@@ -1,0 +1,262 @@
+"""charts/makima renders for the defaults and each optional feature, lints clean, and every
+manifest is valid Kubernetes (kubernetes-validate, strict, 1.33)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from .chart import (
+    CHART_DIR,
+    KUBE_VERSION,
+    NAMESPACE,
+    RELEASE,
+    SCENARIOS,
+    env_of,
+    notes,
+    of_kind,
+    one,
+    render,
+)
+
+FULLNAME = f"{RELEASE}-makima"
+# Kinds defined by CRDs, which kubernetes-validate has no schema for. kopf's peering kinds
+# are checked against their CRD schema in crds/kopf-peering.yaml; the ServiceMonitor (the
+# Prometheus Operator's CRD, not shipped here) is checked structurally against the Service
+# it must select, in test_service_monitor_selects_the_api_service.
+CRD_KINDS = {"KopfPeering", "ClusterKopfPeering", "ServiceMonitor"}
+
+
+def _peering_crd_schemas() -> dict[str, dict[str, Any]]:
+    docs = yaml.safe_load_all((CHART_DIR / "crds" / "kopf-peering.yaml").read_text())
+    return {d["spec"]["names"]["kind"]: d["spec"]["versions"][0]["schema"]["openAPIV3Schema"] for d in docs}
+
+
+@pytest.fixture(scope="module", params=sorted(SCENARIOS), ids=sorted(SCENARIOS))
+def scenario(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
+    name = request.param
+    return name, render(SCENARIOS[name])
+
+
+def test_every_manifest_is_valid_kubernetes(scenario: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = scenario
+    assert docs, name
+    peering_schemas = _peering_crd_schemas()
+    for doc in docs:
+        where = f"{name}: {doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] in CRD_KINDS:
+            if doc["kind"] in peering_schemas:
+                jsonschema.validate(doc, peering_schemas[doc["kind"]])
+            continue
+        try:
+            kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{where}: {exc.message} at {list(exc.path)}")
+        # Namespaced objects carry an explicit namespace (cross-namespace Roles, daemon, ...).
+        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}:
+            assert doc["metadata"].get("namespace"), where
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_helm_lint_is_clean(name: str) -> None:
+    report = helm.lint(CHART_DIR, SCENARIOS[name], strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}.0")
+    assert report["errors"] == [], report
+    # severity: 1 info, 2 warning, 3 error. The only info we accept is "icon is recommended".
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert problems == [], problems
+
+
+def test_default_renders_the_minimum() -> None:
+    kinds = sorted(d["kind"] for d in render())
+    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+
+
+def test_operator_deployment_is_restricted_and_probed() -> None:
+    deploy = one(render(), "Deployment", FULLNAME)
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["args"] == ["operator"]
+    sc = container["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
+    port = container["ports"][0]
+    assert port == {"name": "http", "containerPort": 8080, "protocol": "TCP"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["resources"]["requests"] and container["resources"]["limits"]
+    assert deploy["spec"]["replicas"] == 1
+    assert deploy["spec"]["strategy"]["type"] == "Recreate"
+
+
+def test_operator_environment_matches_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from makima.config import OperatorSettings
+
+    container = one(render(), "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0]
+    env = env_of(container)
+    assert json.loads(env["MAKIMA_NAMESPACES"]) == []
+    assert env["MAKIMA_DATABASE_URL"] == {"secretKeyRef": {"name": "makima-database", "key": "database-url"}}
+    assert env["MAKIMA_API_LISTEN"] == "0.0.0.0:8080"
+    assert env["MAKIMA_API_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:8080"
+    assert env["MAKIMA_AGENT_IMAGE"] == "ghcr.io/makima-dev/makima:0.1.0"
+    assert "MAKIMA_AGENT_COMMAND" not in env
+    assert "MAKIMA_PEERING" not in env
+    # Every MAKIMA_* variable the chart sets is a real setting, and parses.
+    fields = {f"MAKIMA_{name.upper()}" for name in OperatorSettings.model_fields}
+    makima_env = {k: v for k, v in env.items() if k.startswith("MAKIMA_") and isinstance(v, str)}
+    assert set(makima_env) | {"MAKIMA_DATABASE_URL"} <= fields, set(makima_env) - fields
+    for key, value in makima_env.items():
+        monkeypatch.setenv(key, value)
+    settings = OperatorSettings()  # parses the environment exactly as the operator does
+    assert settings.namespaces == []
+    assert settings.api_url.endswith(":8080")
+    assert settings.tick_seconds == 15 and settings.job_ttl_seconds == 3600 and settings.log_json is True
+
+
+def test_watch_namespaces_and_agent_command_reach_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from makima.config import OperatorSettings
+
+    values = {"watchNamespaces": ["team-a", "team-b"], "agent": {"command": ["makima", "agent", "scripted"]}}
+    env = env_of(one(render(values), "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0])
+    monkeypatch.setenv("MAKIMA_NAMESPACES", env["MAKIMA_NAMESPACES"])
+    monkeypatch.setenv("MAKIMA_AGENT_COMMAND", env["MAKIMA_AGENT_COMMAND"])
+    settings = OperatorSettings()
+    assert settings.namespaces == ["team-a", "team-b"]
+    assert settings.agent_command == ["makima", "agent", "scripted"]
+
+
+def test_replicas_enable_kopf_peering() -> None:
+    docs = render({"replicas": 3})
+    deploy = one(docs, "Deployment", FULLNAME)
+    assert deploy["spec"]["replicas"] == 3
+    assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    env = env_of(deploy["spec"]["template"]["spec"]["containers"][0])
+    assert env["MAKIMA_PEERING"] == "makima"
+    assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert one(docs, "ClusterKopfPeering")["metadata"]["name"] == "makima"
+    # watching listed namespaces: one namespaced peering object in each
+    docs = render({"replicas": 2, "watchNamespaces": ["team-a", "team-b"]})
+    assert sorted(p["metadata"]["namespace"] for p in of_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
+    assert not of_kind(docs, "ClusterKopfPeering")
+
+
+def test_service_serves_api_and_metrics_on_one_port() -> None:
+    docs = render()
+    service = one(docs, "Service", FULLNAME)
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+    pod_labels = one(docs, "Deployment", FULLNAME)["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_service_monitor_selects_the_api_service() -> None:
+    docs = render({"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}})
+    monitor = one(docs, "ServiceMonitor")
+    service = one(docs, "Service", FULLNAME)
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics"
+    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
+
+
+def test_network_policy_confines_agent_pods() -> None:
+    docs = render({"networkPolicy": {"enabled": True}})
+    policy = one(docs, "NetworkPolicy")
+    assert policy["metadata"]["namespace"] == NAMESPACE
+    selector = policy["spec"]["podSelector"]
+    assert selector["matchLabels"] == {"app.kubernetes.io/managed-by": "makima"}
+    assert selector["matchExpressions"] == [{"key": "makima.dev/task", "operator": "Exists"}]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"].get("ingress", []) == []
+    api, dns, git = policy["spec"]["egress"]
+    operator_labels = one(docs, "Deployment", FULLNAME)["spec"]["template"]["metadata"]["labels"]
+    assert api["to"][0]["podSelector"]["matchLabels"].items() <= operator_labels.items()
+    assert api["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
+    assert api["ports"] == [{"protocol": "TCP", "port": 8080}]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+    block = git["to"][0]["ipBlock"]
+    assert block["cidr"] == "0.0.0.0/0" and "10.0.0.0/8" in block["except"]
+    assert {p["port"] for p in git["ports"]} == {443, 22}
+    # agent pods run in the watched namespaces: one policy in each
+    docs = render({"networkPolicy": {"enabled": True}, "watchNamespaces": ["team-a", "team-b"]})
+    assert sorted(p["metadata"]["namespace"] for p in of_kind(docs, "NetworkPolicy")) == ["team-a", "team-b"]
+
+
+def test_agent_labels_match_the_operator_naming() -> None:
+    from makima import naming
+
+    assert naming.LABEL_MANAGED_BY == "app.kubernetes.io/managed-by"
+    assert naming.MANAGED_BY == "makima"
+    assert naming.LABEL_TASK == "makima.dev/task"
+
+
+def test_daemon_deployment_and_token_secret() -> None:
+    docs = render({"daemon": {"enabled": True, "namespace": "team-a"}})
+    secret = one(docs, "Secret", "makima-daemon-token")
+    assert secret["metadata"]["namespace"] == "team-a"
+    assert len(secret["data"]["token"]) > 40
+    deploy = one(docs, "Deployment", f"{FULLNAME}-daemon")
+    assert deploy["metadata"]["namespace"] == "team-a"
+    pod = deploy["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["args"] == ["daemon"]
+    env = env_of(container)
+    assert env["MAKIMA_API_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:8080"
+    assert env["MAKIMA_DAEMON_TOKEN"] == {"secretKeyRef": {"name": "makima-daemon-token", "key": "token"}}
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    # an existing token Secret is used as-is
+    docs = render({"daemon": {"enabled": True, "tokenSecret": {"create": False, "name": "mine"}}})
+    assert not of_kind(docs, "Secret")
+
+
+def test_bundled_postgresql_feeds_the_operator_dsn() -> None:
+    docs = render({"postgresql": {"bundled": {"enabled": True, "password": "s3cret"}}})
+    name = f"{FULLNAME}-postgresql"
+    secret = one(docs, "Secret", name)
+    import base64
+
+    dsn = base64.b64decode(secret["data"]["database-url"]).decode()
+    assert dsn == f"postgresql://makima:s3cret@{name}.{NAMESPACE}.svc:5432/makima"
+    env = env_of(one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0])
+    assert env["MAKIMA_DATABASE_URL"] == {"secretKeyRef": {"name": name, "key": "database-url"}}
+    sts = one(docs, "StatefulSet", name)
+    assert sts["spec"]["replicas"] == 1
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "1Gi"
+    pod = sts["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    service = one(docs, "Service", name)
+    assert service["spec"]["ports"][0]["port"] == 5432
+    # generated password when none is given
+    generated = one(render({"postgresql": {"bundled": {"enabled": True}}}), "Secret", name)
+    assert len(base64.b64decode(generated["data"]["password"])) == 32
+
+
+def test_external_database_secret_is_required() -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"database\.existingSecret is required"):
+        render({"database": {"existingSecret": ""}})
+
+
+def test_notes_say_what_to_do_next() -> None:
+    text = notes()
+    assert "kubectl get directives -w" in text
+    assert "examples/directive.yaml" in text
+    assert "create secret generic makima-database" in text
+    assert "bundled" in notes({"postgresql": {"bundled": {"enabled": True}}})
