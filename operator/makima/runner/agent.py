@@ -1,0 +1,352 @@
+"""Run the coding agent: a configurable command, prompt on stdin, output streamed as events.
+
+Profiles are data (command, environment), not code: `PROFILES` maps a name to an
+`AgentSettings`-shaped dict. The default is the Claude Code CLI in non-interactive
+print mode.
+
+The agent's environment is the runner's minus the secrets not meant for it (git
+credentials, daemon token, askpass), plus:
+
+- `MAKIMA_API_URL`, `MAKIMA_TASK_ID`, `MAKIMA_TASK_TOKEN` — so it can run task-side
+  commands such as `makima directive batch-add-steps`;
+- `MAKIMA_TASK_KIND` (planning|step|completion), `MAKIMA_STEP` (step name, if any),
+  `MAKIMA_ATTEMPT`, `MAKIMA_GENERATION`, `MAKIMA_DIRECTIVE`;
+- `MAKIMA_AGENT_MODE` — `task` (do the work) or `conflict` (resolve a merge);
+- `MAKIMA_CONFLICT_FILES` — in conflict mode, the conflicting paths, one per line;
+- the fixed git identity (the agent may commit, the runner pushes);
+- the profile's own `env`.
+
+Output: stdout and stderr lines become `output` events, batched (every `flush_seconds` or
+`max_lines` lines), each line cut at `MAX_LINE_CHARS`, the whole run bounded by
+`MAX_TOTAL_LINES` / `MAX_TOTAL_BYTES` after which one "truncated" marker is sent and the
+rest is only kept as a short tail for the failure message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from ..protocol import AgentSettings, EventType
+from .git import ENV_GIT_TOKEN, ENV_GIT_USERNAME, IDENTITY_EMAIL, IDENTITY_NAME
+from .report import Reporter
+
+log = logging.getLogger(__name__)
+
+CLAUDE_CODE_PROFILE: Final[dict[str, Any]] = {
+    "command": ["claude", "-p", "--dangerously-skip-permissions", "--output-format", "text"],
+    "env": {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"},
+}
+SCRIPTED_PROFILE: Final[dict[str, Any]] = {
+    "command": ["makima", "agent", "scripted"],
+    "env": {},
+}
+PROFILES: Final[dict[str, dict[str, Any]]] = {
+    "claude-code": CLAUDE_CODE_PROFILE,
+    "scripted": SCRIPTED_PROFILE,
+}
+DEFAULT_PROFILE = "claude-code"
+
+# Environment the agent must not see.
+SECRET_ENV: Final[frozenset[str]] = frozenset(
+    {ENV_GIT_TOKEN, ENV_GIT_USERNAME, "MAKIMA_DAEMON_TOKEN", "GIT_ASKPASS", "SSH_ASKPASS"}
+)
+
+MAX_LINE_CHARS = 4000
+MAX_TOTAL_LINES = 20_000
+MAX_TOTAL_BYTES = 4 * 1024 * 1024
+MAX_EVENT_BYTES = 12 * 1024  # below the protocol's per-payload bound
+TAIL_LINES = 30
+KILL_GRACE_SECONDS = 5.0
+
+MODE_TASK = "task"
+MODE_CONFLICT = "conflict"
+
+
+def profile(name: str = DEFAULT_PROFILE, *, timeout_seconds: float | None = None) -> AgentSettings:
+    """The named profile as `AgentSettings`."""
+    try:
+        data = dict(PROFILES[name])
+    except KeyError:
+        raise ValueError(f"unknown agent profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None
+    if timeout_seconds is not None:
+        data["timeout_seconds"] = timeout_seconds
+    return AgentSettings.model_validate(data)
+
+
+@dataclass(frozen=True)
+class AgentContext:
+    """Who the agent works for; becomes `MAKIMA_*` environment."""
+
+    task_id: str
+    kind: str
+    directive: str = ""
+    step: str | None = None
+    attempt: int = 1
+    generation: int = 1
+    api_url: str | None = None
+    token: str | None = None
+
+    def __repr__(self) -> str:
+        return f"AgentContext(task_id={self.task_id!r}, kind={self.kind!r}, step={self.step!r})"
+
+
+@dataclass
+class AgentOutcome:
+    exit_code: int | None
+    timed_out: bool = False
+    error: str | None = None  # could not start, etc.
+    duration: float = 0.0
+    tail: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and not self.timed_out and self.exit_code == 0
+
+    def describe(self) -> str:
+        if self.error:
+            what = self.error
+        elif self.timed_out:
+            what = f"agent timed out after {self.duration:.0f}s"
+        else:
+            what = f"agent exited with code {self.exit_code}"
+        if self.tail:
+            what += "\nlast output:\n" + "\n".join(self.tail[-10:])
+        return what
+
+
+def agent_env(
+    context: AgentContext,
+    *,
+    mode: str = MODE_TASK,
+    conflict_files: list[str] | None = None,
+    profile_env: Mapping[str, str] | None = None,
+    base: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    env = {k: v for k, v in (os.environ if base is None else base).items() if k not in SECRET_ENV}
+    env.update(
+        {
+            "MAKIMA_TASK_ID": context.task_id,
+            "MAKIMA_TASK_KIND": context.kind,
+            "MAKIMA_DIRECTIVE": context.directive,
+            "MAKIMA_ATTEMPT": str(context.attempt),
+            "MAKIMA_GENERATION": str(context.generation),
+            "MAKIMA_AGENT_MODE": mode,
+            "GIT_AUTHOR_NAME": IDENTITY_NAME,
+            "GIT_AUTHOR_EMAIL": IDENTITY_EMAIL,
+            "GIT_COMMITTER_NAME": IDENTITY_NAME,
+            "GIT_COMMITTER_EMAIL": IDENTITY_EMAIL,
+            "GIT_TERMINAL_PROMPT": "0",
+        }
+    )
+    if context.api_url:
+        env["MAKIMA_API_URL"] = context.api_url
+    if context.token:
+        env["MAKIMA_TASK_TOKEN"] = context.token
+    if context.step:
+        env["MAKIMA_STEP"] = context.step
+    else:
+        env.pop("MAKIMA_STEP", None)
+    if conflict_files:
+        env["MAKIMA_CONFLICT_FILES"] = "\n".join(conflict_files)
+    else:
+        env.pop("MAKIMA_CONFLICT_FILES", None)
+    env.update(profile_env or {})
+    return env
+
+
+class OutputStreamer:
+    """Turns agent output into bounded, batched `output` events."""
+
+    def __init__(self, reporter: Reporter, mode: str, *, flush_seconds: float = 0.5, max_lines: int = 100) -> None:
+        self.reporter = reporter
+        self.mode = mode
+        self.flush_seconds = flush_seconds
+        self.max_lines = max_lines
+        self.buffers: dict[str, list[str]] = {"stdout": [], "stderr": []}
+        self.buffer_bytes = 0
+        self.total_lines = 0
+        self.total_bytes = 0
+        self.truncated = False
+        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.last_flush = time.monotonic()
+
+    async def line(self, stream: str, text: str) -> None:
+        if len(text) > MAX_LINE_CHARS:
+            text = text[:MAX_LINE_CHARS] + " …[line truncated]"
+        self.tail.append(text)
+        if self.truncated:
+            return
+        size = len(text.encode(errors="replace"))
+        if self.total_lines >= MAX_TOTAL_LINES or self.total_bytes + size > MAX_TOTAL_BYTES:
+            self.truncated = True
+            await self.flush()
+            await self.reporter.event(
+                EventType.OUTPUT,
+                {
+                    "source": "agent",
+                    "mode": self.mode,
+                    "stream": "stderr",
+                    "lines": [f"[makima] agent output truncated after {self.total_lines} lines"],
+                    "truncated": True,
+                },
+            )
+            return
+        if self.buffer_bytes + size > MAX_EVENT_BYTES:
+            await self.flush()
+        self.buffers[stream].append(text)
+        self.buffer_bytes += size
+        self.total_lines += 1
+        self.total_bytes += size
+        if (
+            sum(len(b) for b in self.buffers.values()) >= self.max_lines
+            or time.monotonic() - self.last_flush >= self.flush_seconds
+        ):
+            await self.flush()
+
+    async def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        for stream, lines in self.buffers.items():
+            if lines:
+                self.buffers[stream] = []
+                await self.reporter.event(
+                    EventType.OUTPUT, {"source": "agent", "mode": self.mode, "stream": stream, "lines": lines}
+                )
+        self.buffer_bytes = 0
+
+    async def ticker(self) -> None:
+        """Flush periodically so a quiet agent's last lines do not wait for the next line."""
+        while True:
+            await asyncio.sleep(self.flush_seconds)
+            if time.monotonic() - self.last_flush >= self.flush_seconds:
+                await self.flush()
+
+
+async def run_agent(
+    settings: AgentSettings,
+    workdir: Path,
+    prompt: str,
+    context: AgentContext,
+    reporter: Reporter,
+    *,
+    mode: str = MODE_TASK,
+    conflict_files: list[str] | None = None,
+    base_env: Mapping[str, str] | None = None,
+    flush_seconds: float = 0.5,
+) -> AgentOutcome:
+    """Run the agent to completion (or timeout). Never raises for agent failures."""
+    env = agent_env(context, mode=mode, conflict_files=conflict_files, profile_env=settings.env, base=base_env)
+    streamer = OutputStreamer(reporter, mode, flush_seconds=flush_seconds)
+    started = time.monotonic()
+    await reporter.event(
+        EventType.PROGRESS,
+        {"message": f"agent started ({mode})", "command": settings.command[0], "mode": mode},
+    )
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *settings.command,
+            cwd=str(workdir),
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return AgentOutcome(None, error=f"cannot start agent command {settings.command[0]!r}: {exc.strerror}")
+
+    async def feed() -> None:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            proc.stdin.write(prompt.encode())
+            await proc.stdin.drain()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            proc.stdin.close()
+
+    async def pump(stream: asyncio.StreamReader | None, name: str) -> None:
+        if stream is None:
+            return
+        pending = b""
+        while True:
+            chunk = await stream.read(65536)
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for raw in lines:
+                await streamer.line(name, raw.decode(errors="replace").rstrip("\r"))
+            if len(pending) > MAX_LINE_CHARS * 4:  # an endless line: cut it here
+                await streamer.line(name, pending.decode(errors="replace"))
+                pending = b""
+        if pending:
+            await streamer.line(name, pending.decode(errors="replace").rstrip("\r"))
+
+    io = [
+        asyncio.create_task(feed()),
+        asyncio.create_task(pump(proc.stdout, "stdout")),
+        asyncio.create_task(pump(proc.stderr, "stderr")),
+    ]
+    ticker = asyncio.create_task(streamer.ticker())
+    timed_out = False
+    try:
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=settings.timeout_seconds)
+        except TimeoutError:
+            timed_out = True
+            await _terminate(proc)
+        # The pipes close when the process group is gone; a straggler left holding them
+        # (a background child of the agent) is killed with its group.
+        _done, stuck = await asyncio.wait(io, timeout=KILL_GRACE_SECONDS)
+        if stuck:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            _done, stuck = await asyncio.wait(stuck, timeout=1.0)
+        for t in stuck:
+            t.cancel()
+    except asyncio.CancelledError:
+        await _terminate(proc)
+        for t in io:
+            t.cancel()
+        raise
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+    await streamer.flush()
+    outcome = AgentOutcome(
+        exit_code=proc.returncode,
+        timed_out=timed_out,
+        duration=time.monotonic() - started,
+        tail=list(streamer.tail),
+    )
+    await reporter.event(
+        EventType.PROGRESS,
+        {
+            "message": "agent finished" if outcome.ok else outcome.describe().splitlines()[0],
+            "exitCode": outcome.exit_code,
+            "timedOut": timed_out,
+            "seconds": round(outcome.duration, 3),
+            "mode": mode,
+        },
+    )
+    return outcome
+
+
+async def _terminate(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM the agent's whole process group, then SIGKILL after a grace period."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, KILL_GRACE_SECONDS)):
+        if proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(proc.wait(), timeout=wait)

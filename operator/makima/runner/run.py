@@ -1,0 +1,196 @@
+"""Run one task: the entry point shared by `makima task run` (Jobs) and the daemon.
+
+`run_task(spec, reporter, workdir)` never raises for a task failure: it returns a failed
+`TaskResult` with a clear message. It sends a heartbeat every `heartbeat_seconds` while it
+runs, and every event goes through a redacting wrapper (task token, git token).
+
+- planning: workspace on a detached HEAD of the start branch; the agent submits steps itself
+  (`makima directive batch-add-steps`); success when it exits 0.
+- step: workspace with the task branch; the agent works; leftovers are committed, the branch
+  is pushed (forced: each attempt rebuilds it from its start point), and the result carries
+  the branch, commit and number of files changed since the start point (after merges).
+- completion: see `completion.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..client import ENV_API_URL, ENV_TASK_TOKEN
+from ..protocol import EventType, Outcome, TaskResult, TaskSpec
+from ..tasks import TaskKind
+from .agent import MODE_CONFLICT, AgentContext, AgentOutcome, run_agent
+from .completion import HostFactory, run_completion
+from .git import Git, GitCredentials, GitError, git_env, write_askpass
+from .hosts import GitHost, GitHostError, host_for
+from .report import RedactingReporter, Redactor, Reporter
+from .workspace import ConflictResolver, Workspace, WorkspaceError, conflict_prompt_for, prepare_workspace
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 10.0
+REPO_DIR = "repo"
+PRIVATE_DIR = ".makima"  # askpass script; beside the clone, never inside it
+
+
+def _failed(message: str, **kw: object) -> TaskResult:
+    return TaskResult(outcome=Outcome.FAILED, message=message[-8000:], **kw)
+
+
+async def run_task(
+    spec: TaskSpec,
+    reporter: Reporter,
+    workdir: Path,
+    *,
+    api_url: str | None = None,
+    task_token: str | None = None,
+    credentials: GitCredentials | None = None,
+    env: Mapping[str, str] | None = None,
+    heartbeat_seconds: float = HEARTBEAT_SECONDS,
+    host_factory: HostFactory | None = None,
+) -> TaskResult:
+    env = dict(os.environ if env is None else env)
+    api_url = api_url or env.get(ENV_API_URL)
+    task_token = task_token or env.get(ENV_TASK_TOKEN)
+    creds = credentials or GitCredentials.resolve(spec.credentials, env)
+    redactor = Redactor([task_token, creds.token, *(spec.credentials or {}).values()])
+    rep = RedactingReporter(reporter, redactor)
+    workdir, askpass = _prepare_dir(workdir)
+    git = Git(cwd=workdir, env=git_env(askpass, creds, base=env))
+    context = AgentContext(
+        task_id=spec.task_id,
+        kind=spec.kind.value,
+        directive=spec.directive,
+        step=spec.step,
+        attempt=spec.attempt,
+        generation=spec.generation,
+        api_url=api_url,
+        token=task_token,
+    )
+
+    def resolver_for(path: Path) -> ConflictResolver:
+        async def resolve(branch: str, into: str, files: list[str]) -> AgentOutcome:
+            prompt = conflict_prompt_for(spec.title, branch, into, files, step=spec.step, directive=spec.directive)
+            return await run_agent(
+                spec.agent, path, prompt, context, rep, mode=MODE_CONFLICT, conflict_files=files, base_env=env
+            )
+
+        return resolve
+
+    def default_host(url: str) -> GitHost:
+        return host_for(url, creds, env=env)
+
+    hosts: HostFactory = host_factory or default_host
+    heartbeat = asyncio.create_task(_heartbeats(rep, heartbeat_seconds))
+    await rep.event(
+        EventType.PROGRESS,
+        {"message": f"{spec.kind.value} task started", "attempt": spec.attempt, "step": spec.step},
+    )
+    dest = workdir / REPO_DIR
+    try:
+        if spec.kind == TaskKind.PLANNING:
+            result = await _run_planning(spec, dest, git, rep, context, resolver_for(dest), env)
+        elif spec.kind == TaskKind.STEP:
+            result = await _run_step(spec, dest, git, rep, context, resolver_for(dest), env)
+        else:
+            result = await run_completion(spec, dest, git, rep, resolver_for, hosts)
+    except (WorkspaceError, GitHostError) as exc:
+        result = _failed(str(exc))
+    except GitError as exc:
+        result = _failed(str(exc))
+    except Exception as exc:  # a runner bug must still end as a clear task failure
+        log.exception("runner error in task %s", spec.task_id)
+        result = _failed(f"runner error: {type(exc).__name__}: {exc}")
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+    result = result.model_copy(update={"message": redactor.text(result.message)})
+    await rep.event(EventType.RESULT, result.model_dump(mode="json", exclude_none=True))
+    await rep.flush()
+    return result
+
+
+def _prepare_dir(workdir: Path) -> tuple[Path, Path]:
+    workdir = workdir.absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir, write_askpass(workdir / PRIVATE_DIR)
+
+
+async def _heartbeats(reporter: Reporter, seconds: float) -> None:
+    while True:
+        try:
+            await reporter.event(EventType.HEARTBEAT, {})
+            await reporter.flush()
+        except Exception as exc:  # never let a reporting hiccup kill the task
+            log.warning("heartbeat failed: %s", exc)
+        await asyncio.sleep(seconds)
+
+
+async def _run_planning(
+    spec: TaskSpec,
+    dest: Path,
+    git: Git,
+    reporter: Reporter,
+    context: AgentContext,
+    resolver: ConflictResolver,
+    env: Mapping[str, str],
+) -> TaskResult:
+    plan = spec.workspace.model_copy(update={"branch": None})
+    ws = await prepare_workspace(plan, dest, git, reporter, resolver)
+    outcome = await run_agent(spec.agent, ws.path, spec.prompt, context, reporter, base_env=env)
+    if not outcome.ok:
+        return _failed(f"planning failed: {outcome.describe()}")
+    return TaskResult(outcome=Outcome.SUCCEEDED, commit=ws.start, message="planning finished")
+
+
+async def _run_step(
+    spec: TaskSpec,
+    dest: Path,
+    git: Git,
+    reporter: Reporter,
+    context: AgentContext,
+    resolver: ConflictResolver,
+    env: Mapping[str, str],
+) -> TaskResult:
+    branch = spec.workspace.branch
+    if not branch:
+        raise WorkspaceError("step task without a branch in its workspace plan")
+    ws = await prepare_workspace(spec.workspace, dest, git, reporter, resolver)
+    outcome = await run_agent(spec.agent, ws.path, spec.prompt, context, reporter, base_env=env)
+    if not outcome.ok:
+        return _failed(f"step failed: {outcome.describe()}", branch=branch)
+    return await finish_step(spec, ws, reporter)
+
+
+async def finish_step(spec: TaskSpec, ws: Workspace, reporter: Reporter) -> TaskResult:
+    """Commit leftovers, push the branch, and describe what changed since the start point."""
+    repo = ws.git
+    assert ws.branch is not None
+    current = (await repo.run("symbolic-ref", "--quiet", "--short", "HEAD", check=False)).stdout.strip()
+    if current != ws.branch:
+        return _failed(f"the agent left the workspace on {current or 'a detached HEAD'}, not on {ws.branch}")
+    if await repo.merge_in_progress():
+        return _failed("the agent left a merge in progress")
+    if await repo.status_porcelain():
+        await repo.run("add", "-A")
+        await repo.run("commit", "-q", "-m", commit_message(spec))
+        await reporter.event(EventType.GIT, {"action": "commit", "message": "committed the agent's changes"})
+    head = await repo.head()
+    changed = await repo.changed_files(ws.start, head)
+    await repo.run("push", "--force", "origin", f"HEAD:refs/heads/{ws.branch}")
+    await reporter.event(EventType.GIT, {"action": "push", "branch": ws.branch, "commit": head, "message": "pushed"})
+    message = f"{len(changed)} file(s) changed" if changed else "no changes"
+    return TaskResult(
+        outcome=Outcome.SUCCEEDED, branch=ws.branch, commit=head, changed_files=len(changed), message=message
+    )
+
+
+def commit_message(spec: TaskSpec) -> str:
+    title = (spec.title or spec.step or "makima step").strip().splitlines()[0][:72]
+    return f"{title}\n\nmakima: directive {spec.directive}, step {spec.step or '-'}, attempt {spec.attempt}\n"
