@@ -32,5 +32,34 @@ def crds(
             typer.echo(f"wrote {path}")
 
 
+@app.command("operator")
+def operator_(
+    namespace: list[str] = typer.Option([], "--namespace", "-n", help="Namespace to watch (repeat); default all."),
+    kubeconfig: str | None = typer.Option(None, envvar="KUBECONFIG", help="Kubeconfig; default in-cluster."),
+    api_listen: str | None = typer.Option(None, help="host:port for the operator API (MAKIMA_API_LISTEN)."),
+    poll_only: bool = typer.Option(False, help="Timer only, no event fast path (benchmark baseline)."),
+    log_json: bool = typer.Option(False, help="Structured JSON logs."),
+) -> None:
+    """Run the operator: kopf controller, task API, daemon hub, metrics."""
+    import asyncio
+
+    from .config import OperatorSettings
+    from .logs import setup_logging
+    from .runtime import run_operator
+
+    overrides: dict[str, object] = {}
+    if namespace:
+        overrides["namespaces"] = namespace
+    if api_listen:
+        overrides["api_listen"] = api_listen
+    if poll_only:
+        overrides["poll_only"] = True
+    if log_json:
+        overrides["log_json"] = True
+    settings = OperatorSettings(**overrides)  # type: ignore[arg-type]
+    setup_logging(json_logs=settings.log_json)
+    asyncio.run(run_operator(settings, kubeconfig=kubeconfig))
+
+
 def main() -> None:
     app()

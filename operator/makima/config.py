@@ -14,6 +14,7 @@ class OperatorSettings(BaseSettings):
 
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty = all.")
     database_url: str | None = Field(default=None, description="PostgreSQL DSN; unset = embedded server.")
+    postgres_dir: Path | None = Field(default=None, description="Embedded PostgreSQL data dir; default under state_dir.")
     state_dir: Path = Field(default_factory=lambda: Path(user_state_dir("makima")))
     tick_seconds: float = Field(default=15.0, gt=0)
     api_listen: str = Field(default="0.0.0.0:8080", description="host:port of the operator HTTP API.")
@@ -31,3 +32,4 @@ class OperatorSettings(BaseSettings):
     peering: str | None = Field(default=None, description="kopf peering name; unset = standalone.")
     poll_only: bool = Field(default=False, description="Disable the event fast path (benchmark baseline).")
     log_json: bool = False
+    reader_token: str | None = Field(default=None, description="Bearer token for `makima logs` readers (optional).")

@@ -25,6 +25,7 @@ T = TypeVar("T")
 
 DIRECTIVES = "directives"
 STEPS = "directivesteps"
+DAEMON_TOKEN_SECRET = "makima-daemon-token"
 
 
 class KubeError(RuntimeError):
@@ -140,6 +141,14 @@ class Kube:
                 return None
             raise
         return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+
+    async def daemon_token_matches(self, namespace: str, token: str) -> bool:
+        """A daemon's bearer token against the namespace's `makima-daemon-token` Secret."""
+        import hmac
+
+        data = await self.get_secret_data(namespace, DAEMON_TOKEN_SECRET)
+        expected = (data or {}).get("token", "")
+        return bool(expected) and hmac.compare_digest(expected.encode(), token.encode())
 
     async def delete_secret(self, namespace: str, name: str) -> None:
         await self._delete("secrets", lambda: self.core.delete_namespaced_secret(name, namespace))

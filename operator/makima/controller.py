@@ -1,0 +1,337 @@
+"""The reconciler shell: builds a snapshot, calls the pure `decide()`, applies its actions.
+
+One reconcile runs at a time per directive; triggers that arrive meanwhile coalesce into
+a single follow-up run. The snapshot costs no Kubernetes API calls: steps come from the
+kopf index (overlaid with the objects this process itself just wrote, so a follow-up run
+never acts on a view older than its own writes) and tasks from one SQL query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from . import metrics, naming
+from .kube import DIRECTIVES, STEPS, Kube
+from .models import Directive, DirectivePhase, DirectiveStep, StepPhase
+from .reconcile import (
+    Action,
+    CreatePlanningTask,
+    CreateSteps,
+    DaemonView,
+    DispatchStep,
+    EmitEvent,
+    ExpireTask,
+    MarkStep,
+    PauseDirective,
+    ReconcileConfig,
+    Snapshot,
+    SetDirectiveStatus,
+    StartCompletion,
+    StepView,
+    decide,
+)
+from .dispatch import TaskDispatcher
+from .store.errors import IllegalTransition, VersionConflict
+from .tasks import Task, TaskState
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, directive name)
+
+
+def _rv(obj: dict[str, Any]) -> int:
+    try:
+        return int(obj["metadata"].get("resourceVersion") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def newest(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Of two copies of one object, the one with the higher resourceVersion."""
+    if a is None or b is None:
+        return a or b
+    return a if _rv(a) >= _rv(b) else b
+
+
+def step_view(obj: dict[str, Any]) -> StepView:
+    step = DirectiveStep.model_validate(obj)
+    name = step.metadata.labels.get(naming.LABEL_STEP, step.metadata.name)
+    return StepView(name=name, uid=step.metadata.uid, spec=step.spec, status=step.status)
+
+
+def status_diff(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch turning `current` into `desired` at the top level of status (None removes)."""
+    patch: dict[str, Any] = {k: v for k, v in desired.items() if current.get(k) != v}
+    for key in current.keys() - desired.keys():
+        patch[key] = None
+    return patch
+
+
+@dataclass
+class _KeyState:
+    running: bool = False
+    again: bool = False
+    digest: str | None = None
+    triggers: set[str] = field(default_factory=set)
+    report_at: float | None = None  # when a task report arrived (hand-off latency)
+
+
+class Controller:
+    def __init__(
+        self,
+        kube: Kube,
+        store: Any,
+        dispatcher: TaskDispatcher,
+        config: ReconcileConfig,
+        steps_source: Callable[[Key], Iterable[dict[str, Any]]],
+        daemons: Any = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.kube = kube
+        self.store = store
+        self.dispatcher = dispatcher
+        self.config = config
+        self.steps_source = steps_source  # the kopf index, keyed by (namespace, directive)
+        self.daemons = daemons
+        self.clock = clock
+        self.directives: dict[Key, dict[str, Any]] = {}
+        self._written: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, step object name) -> our last write
+        self._keys: dict[Key, _KeyState] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    # ---- inputs ---------------------------------------------------------------------------
+
+    def observe_directive(self, body: dict[str, Any]) -> Key:
+        key = (body["metadata"]["namespace"], body["metadata"]["name"])
+        self.directives[key] = newest(self.directives.get(key), dict(body)) or dict(body)
+        return key
+
+    def forget_directive(self, key: Key) -> None:
+        self.directives.pop(key, None)
+        self._keys.pop(key, None)
+        for k in [k for k, v in self._written.items() if k[0] == key[0] and v["spec"]["directive"] == key[1]]:
+            self._written.pop(k, None)
+
+    def steps_of(self, key: Key) -> list[dict[str, Any]]:
+        """Index copies overlaid with our own newer writes."""
+        merged: dict[str, dict[str, Any]] = {}
+        for obj in self.steps_source(key):
+            merged[obj["metadata"]["name"]] = dict(obj)
+        for (ns, name), obj in self._written.items():
+            if ns == key[0] and obj["spec"]["directive"] == key[1]:
+                merged[name] = newest(merged.get(name), obj) or obj
+        return list(merged.values())
+
+    def daemon_views(self, namespace: str) -> list[DaemonView]:
+        if self.daemons is None:
+            return []
+        return [
+            DaemonView(id=d.id, namespace=d.namespace, labels=dict(d.labels), capacity=d.capacity, in_flight=d.in_flight)
+            for d in self.daemons.available(namespace)
+        ]
+
+    def task_reported(self, task: Task) -> None:
+        """Fast path from the API: reconcile the owning directive now, off the request."""
+        key = (task.namespace, task.directive_name)
+        self._keys.setdefault(key, _KeyState()).report_at = time.monotonic()
+        self.trigger_soon(key, "report")
+
+    def trigger_soon(self, key: Key, trigger: str) -> None:
+        job = asyncio.get_running_loop().create_task(self.trigger(key, trigger))
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
+    # ---- one run at a time per directive ----------------------------------------------------
+
+    async def trigger(self, key: Key, trigger: str) -> None:
+        state = self._keys.setdefault(key, _KeyState())
+        state.triggers.add(trigger)
+        if state.running:
+            state.again = True
+            return
+        state.running = True
+        try:
+            while True:
+                state.again = False
+                triggers, state.triggers = state.triggers, set()
+                for t in triggers:
+                    metrics.RECONCILES.labels(trigger=t).inc()
+                started = time.perf_counter()
+                try:
+                    await self.reconcile(key, only_if_changed=triggers == {"timer"})
+                except Exception:
+                    log.exception("reconcile of %s/%s failed; the next trigger retries", *key)
+                finally:
+                    metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
+                if not state.again:
+                    break
+        finally:
+            state.running = False
+
+    async def reconcile(self, key: Key, only_if_changed: bool = False) -> list[Action]:
+        body = self.directives.get(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return []
+        directive = Directive.model_validate(body)
+        steps = self.steps_of(key)
+        tasks = await self.store.tasks_for_directive(directive.metadata.uid)
+        state = self._keys.setdefault(key, _KeyState())
+        # The timer is a safety net: with nothing changed and nothing in flight, it does nothing.
+        digest = self._digest(body, steps, tasks)
+        idle = not any(t.state.active for t in tasks) and not any(s.get("status", {}).get("nextAttemptAt") for s in steps)
+        if only_if_changed and idle and digest == state.digest:
+            return []
+        snapshot = Snapshot(
+            directive=directive,
+            steps=[step_view(s) for s in steps],
+            tasks=list(tasks),
+            daemons=self.daemon_views(key[0]),
+        )
+        actions = decide(snapshot, self.clock(), self.config)
+        if actions:
+            log.info("%s/%s: %s", *key, ", ".join(type(a).__name__ for a in actions))
+        await self.apply(key, body, steps, actions)
+        state.digest = digest if not actions else None
+        return actions
+
+    @staticmethod
+    def _digest(body: dict[str, Any], steps: list[dict[str, Any]], tasks: list[Task]) -> str:
+        parts = [str(_rv(body))] + sorted(f"{s['metadata']['name']}:{_rv(s)}" for s in steps)
+        parts += sorted(f"{t.id}:{t.version}" for t in tasks)
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+    # ---- applying actions -------------------------------------------------------------------
+
+    async def apply(self, key: Key, body: dict[str, Any], steps: list[dict[str, Any]], actions: list[Action]) -> None:
+        ns, name = key
+        by_name = {s["metadata"].get("labels", {}).get(naming.LABEL_STEP): s for s in steps}
+        directive = Directive.model_validate(body)
+        for action in actions:
+            if isinstance(action, CreatePlanningTask):
+                await self.dispatcher.start_planning(directive, action, self.daemon_views(ns))
+            elif isinstance(action, CreateSteps):
+                for sub in action.steps:
+                    created = await self.kube.create_step(ns, self._step_body(body, sub, action.generation))
+                    if created is not None:
+                        self._remember(created)
+            elif isinstance(action, PauseDirective):
+                self.observe_directive(await self.kube.patch_directive(ns, name, {"spec": {"paused": True}}))
+            elif isinstance(action, MarkStep):
+                await self._patch_step(by_name, action.name, action.status_patch())
+            elif isinstance(action, DispatchStep):
+                step = by_name.get(action.name)
+                if step is None:
+                    continue
+                task = await self.dispatcher.dispatch_step(directive, step, action)
+                await self._patch_step(by_name, action.name, self.dispatcher.running_patch(action, task, self.clock()))
+                self._observe_handoff(key)
+            elif isinstance(action, ExpireTask):
+                await self.dispatcher.expire(action.task_id, action.reason)
+            elif isinstance(action, StartCompletion):
+                await self.dispatcher.start_completion(directive, action, self.daemon_views(ns))
+            elif isinstance(action, SetDirectiveStatus):
+                desired = action.status.wire()
+                patch = status_diff(body.get("status") or {}, desired)
+                if patch:
+                    body = await self.kube.patch_status(DIRECTIVES, ns, name, patch)
+                    self.observe_directive(body)
+                    self._count_phases()
+            elif isinstance(action, EmitEvent):
+                await self.kube.emit_event(body, action.type, action.reason, action.message)
+
+    def _observe_handoff(self, key: Key) -> None:
+        state = self._keys.get(key)
+        if state and state.report_at is not None:
+            metrics.HANDOFF_SECONDS.observe(time.monotonic() - state.report_at)
+            state.report_at = None
+
+    async def _patch_step(self, by_name: dict[str | None, dict[str, Any]], step: str, patch: dict[str, Any]) -> None:
+        obj = by_name.get(step)
+        if obj is None or not patch:
+            return
+        updated = await self.kube.patch_status(STEPS, obj["metadata"]["namespace"], obj["metadata"]["name"], patch)
+        self._remember(updated)
+        by_name[step] = updated
+
+    def _remember(self, obj: dict[str, Any]) -> None:
+        self._written[(obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
+
+    @staticmethod
+    def _step_body(directive: dict[str, Any], sub: Any, generation: int) -> dict[str, Any]:
+        meta = directive["metadata"]
+        return {
+            "apiVersion": "makima.dev/v1alpha1",
+            "kind": "DirectiveStep",
+            "metadata": {
+                "name": naming.step_object_name(meta["name"], sub.name),
+                "namespace": meta["namespace"],
+                "labels": naming.step_labels(meta["name"], sub.name),
+                "ownerReferences": [
+                    {
+                        "apiVersion": directive.get("apiVersion", "makima.dev/v1alpha1"),
+                        "kind": "Directive",
+                        "name": meta["name"],
+                        "uid": meta["uid"],
+                        "controller": True,
+                        "blockOwnerDeletion": True,
+                    }
+                ],
+            },
+            "spec": {
+                "directive": meta["name"],
+                "title": sub.title,
+                "description": sub.description,
+                "taskPlan": sub.task_plan,
+                "dependsOn": list(sub.depends_on),
+                "orderIndex": sub.order_index,
+                "generation": generation,
+            },
+        }
+
+    def _count_phases(self) -> None:
+        counts: dict[str, int] = {p.value: 0 for p in DirectivePhase}
+        for obj in self.directives.values():
+            phase = (obj.get("status") or {}).get("phase") or DirectivePhase.PENDING.value
+            counts[phase] = counts.get(phase, 0) + 1
+        for phase, n in counts.items():
+            metrics.DIRECTIVES_BY_PHASE.labels(phase=phase).set(n)
+
+    def count_steps(self, all_steps: Iterable[dict[str, Any]]) -> None:
+        counts: dict[str, int] = {p.value: 0 for p in StepPhase}
+        for obj in all_steps:
+            phase = (obj.get("status") or {}).get("phase") or StepPhase.PENDING.value
+            counts[phase] = counts.get(phase, 0) + 1
+        for phase, n in counts.items():
+            metrics.STEPS_BY_PHASE.labels(phase=phase).set(n)
+
+    async def job_finished(self, task_id: str, outcome: str, reason: str) -> None:
+        """A Job ended or vanished; only matters when its runner could not report (OOMKilled, deleted)."""
+        task = await self.store.get_task(task_id)
+        if task is None or not task.state.active or task.executor != "job":
+            return
+        state = TaskState.LOST if outcome == "lost" else TaskState.FAILED
+        if outcome == "succeeded":
+            reason = "the runner exited without reporting a result"
+        try:
+            await self.store.transition(task.id, task.version, state, error=reason)
+        except (VersionConflict, IllegalTransition):
+            return  # the runner's own report won the race
+        self.task_reported(task)
+
+    # ---- deletion ---------------------------------------------------------------------------
+
+    async def cancel_all(self, namespace: str, uid: str) -> int:
+        """Finalizer: cancel every active task of a directive before it goes."""
+        tasks = await self.store.tasks_for_directive(uid)
+        active = [t for t in tasks if t.state.active]
+        for task in active:
+            await self.dispatcher.cancel(task, "directive deleted")
+        return len(active)

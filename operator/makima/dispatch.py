@@ -1,0 +1,208 @@
+"""Turns decided actions into task rows and executor calls (Jobs or daemons).
+
+Idempotent by construction: task ids are derived (naming), rows are created with
+ON CONFLICT DO NOTHING, and a task that already left `pending` is never launched twice.
+A task found still `pending` (the operator died between insert and launch) gets a
+fresh token, since only the hash of the first one survived.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from . import metrics, naming
+from .executors.jobs import JobExecutor
+from .models import Directive, parse_duration
+from .protocol import AgentSettings, CompletionPlan, TaskSpec, WorkspacePlan
+from .reconcile import CreatePlanningTask, DispatchStep, Route, StartCompletion, choose_route
+from .store.errors import IllegalTransition, VersionConflict
+from .store.tokens import hash_token, new_token
+from .tasks import Task, TaskKind, TaskState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentDefaults:
+    command: list[str]
+    timeout_seconds: float = 3600
+
+
+class TaskDispatcher:
+    def __init__(self, store: Any, jobs: JobExecutor, hub: Any, agent: AgentDefaults, kube: Any) -> None:
+        self.store = store
+        self.jobs = jobs
+        self.hub = hub
+        self.agent = agent
+        self.kube = kube
+
+    # ---- specs -----------------------------------------------------------------------------
+
+    def _agent(self, directive: Directive) -> AgentSettings:
+        spec = directive.spec
+        env = {v.name: v.value for v in spec.agent.env if v.value is not None and v.secret_key_ref is None}
+        timeout = parse_duration(spec.execution.step_timeout).total_seconds()
+        return AgentSettings(command=spec.agent.command or self.agent.command, env=env, timeout_seconds=timeout)
+
+    def _spec(self, directive: Directive, task: Task, prompt: str, workspace: WorkspacePlan, **extra: Any) -> TaskSpec:
+        return TaskSpec(
+            task_id=task.id,
+            kind=task.kind,
+            attempt=task.attempt,
+            generation=task.generation,
+            namespace=task.namespace,
+            directive=task.directive_name,
+            step=task.step_name,
+            title=directive.spec.title,
+            prompt=prompt,
+            workspace=workspace,
+            agent=self._agent(directive),
+            **extra,
+        )
+
+    def _base_task(self, directive: Directive, kind: TaskKind, task_id: str, attempt: int, generation: int) -> Task:
+        return Task(
+            id=task_id,
+            kind=kind,
+            namespace=directive.metadata.namespace,
+            directive_uid=directive.metadata.uid,
+            directive_name=directive.metadata.name,
+            attempt=attempt,
+            generation=generation,
+            base_branch=directive.spec.repository.base_branch,
+        )
+
+    def _route(self, directive: Directive, daemons: list[Any]) -> Route | None:
+        ex = directive.spec.execution
+        return choose_route(ex.mode, ex.daemon_selector, daemons)
+
+    # ---- the three kinds of task -------------------------------------------------------------
+
+    async def start_planning(self, directive: Directive, action: CreatePlanningTask, daemons: list[Any]) -> Task:
+        task = self._base_task(directive, TaskKind.PLANNING, action.task_id, action.attempt, action.generation)
+        pr_branch = directive.status.pull_request.branch if directive.status.pull_request else None
+        workspace = WorkspacePlan(
+            repo_url=directive.spec.repository.url,
+            base_branch=directive.spec.repository.base_branch,
+            start_from=pr_branch,
+        )
+        spec = self._spec(directive, task, action.prompt, workspace)
+        return await self._launch(directive, task, spec, self._route(directive, daemons), owner=None)
+
+    async def dispatch_step(self, directive: Directive, step: dict[str, Any], action: DispatchStep) -> Task:
+        task = self._base_task(directive, TaskKind.STEP, action.task_id, action.attempt, step["spec"]["generation"])
+        task = task.model_copy(
+            update={
+                "step_uid": action.uid,
+                "step_name": action.name,
+                "branch": action.workspace.branch,
+                "continue_from": action.workspace.start_from,
+                "merge_branches": list(action.workspace.merge),
+                "deadline_at": action.deadline_at,
+            }
+        )
+        spec = self._spec(directive, task, action.prompt, action.workspace)
+        return await self._launch(directive, task, spec, action.route, owner=step)
+
+    async def start_completion(self, directive: Directive, action: StartCompletion, daemons: list[Any]) -> Task:
+        task = self._base_task(directive, TaskKind.COMPLETION, action.task_id, action.attempt, action.generation)
+        plan: CompletionPlan = action.plan
+        task = task.model_copy(update={"branch": plan.directive_branch, "merge_branches": list(plan.merge)})
+        workspace = WorkspacePlan(
+            repo_url=directive.spec.repository.url,
+            base_branch=directive.spec.repository.base_branch,
+            branch=plan.directive_branch,
+        )
+        spec = self._spec(directive, task, "", workspace, completion=plan)
+        return await self._launch(directive, task, spec, self._route(directive, daemons), owner=None)
+
+    # ---- launching ---------------------------------------------------------------------------
+
+    async def _launch(
+        self, directive: Directive, task: Task, spec: TaskSpec, route: Route | None, owner: dict[str, Any] | None
+    ) -> Task:
+        row, _created = await self.store.create_task(task)
+        if row.state is not TaskState.PENDING:
+            return row  # launched before (this is a re-applied action after a crash or a stale view)
+        token = new_token()
+        route = route or Route(kind="job", daemon_id=None)
+        if route.kind == "daemon" and route.daemon_id and self.hub is not None:
+            creds = await self._credentials(directive)
+            wire = spec.model_copy(update={"credentials": creds}) if creds else spec
+            row = await self.store.update_fields(
+                row.id, row.version, token_hash=hash_token(token), spec=spec.model_dump(mode="json")
+            )
+            if await self.hub.spawn(route.daemon_id, wire, token):
+                return await self._dispatched(row, "daemon", route.daemon_id)
+            log.info("daemon %s refused task %s; falling back to a Job", route.daemon_id, row.id)
+        row = await self.store.update_fields(
+            row.id, row.version, token_hash=hash_token(token), spec=spec.model_dump(mode="json")
+        )
+        job_owner = owner or self._directive_obj(directive)
+        await self.jobs.kube.delete_secret(row.namespace, naming.token_secret_name(row.id))  # stale token, if any
+        job = await self.jobs.spawn(row, token, directive, job_owner)
+        return await self._dispatched(row, "job", job)
+
+    async def _dispatched(self, row: Task, executor: str, ref: str) -> Task:
+        metrics.TASKS_DISPATCHED.labels(kind=row.kind.value, route=executor).inc()
+        try:
+            return await self.store.transition(
+                row.id, row.version, TaskState.DISPATCHED, executor=executor, executor_ref=ref
+            )
+        except (VersionConflict, IllegalTransition):
+            # The runner was faster than us and already reported; its state wins.
+            fresh: Task = await self.store.get_task(row.id)
+            return fresh
+
+    async def _credentials(self, directive: Directive) -> dict[str, str] | None:
+        name = directive.spec.repository.credentials_secret
+        if not name:
+            return None
+        data: dict[str, str] | None = await self.kube.get_secret_data(directive.metadata.namespace, name)
+        return data
+
+    @staticmethod
+    def _directive_obj(directive: Directive) -> dict[str, Any]:
+        return {
+            "apiVersion": directive.api_version,
+            "kind": "Directive",
+            "metadata": {"name": directive.metadata.name, "uid": directive.metadata.uid},
+        }
+
+    @staticmethod
+    def running_patch(action: DispatchStep, task: Task, now: datetime) -> dict[str, Any]:
+        return {
+            "phase": "Running",
+            "attempts": action.attempt,
+            "task": {"id": task.id, "executor": task.executor, "name": task.executor_ref},
+            "branch": action.workspace.branch,
+            "startedAt": now.isoformat().replace("+00:00", "Z"),
+            "nextAttemptAt": None,
+            "message": f"attempt {action.attempt} running on {task.executor or 'job'}",
+        }
+
+    # ---- stopping ----------------------------------------------------------------------------
+
+    async def _stop(self, task: Task, state: TaskState, reason: str) -> None:
+        try:
+            await self.store.transition(task.id, task.version, state, error=reason)
+        except (VersionConflict, IllegalTransition):
+            return  # it finished or moved on meanwhile; nothing to stop
+        if task.executor == "daemon" and task.executor_ref and self.hub is not None:
+            await self.hub.cancel(task.executor_ref, task.id)
+        else:
+            await self.jobs.cancel(task)
+
+    async def expire(self, task_id: str, reason: str) -> None:
+        task = await self.store.get_task(task_id)
+        if task is not None and task.state.active:
+            await self._stop(task, TaskState.LOST, reason)
+
+    async def cancel(self, task: Task, reason: str) -> None:
+        await self._stop(task, TaskState.CANCELLED, reason)
+
+    async def spec_for(self, task: Task) -> TaskSpec | None:
+        return TaskSpec.model_validate(task.spec) if task.spec else None

@@ -1,0 +1,98 @@
+"""kopf registration: thin wiring from Kubernetes events to the controller. No logic here.
+
+The reconcile path uses `on.event`, a timer and an index only: none of kopf's
+change-tracking handlers, so kopf writes no progress annotations per change. The one
+change-tracking handler is the deletion finalizer, which needs kopf's retry semantics.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from . import naming
+from .controller import Controller
+from .executors.jobs import job_outcome
+from .models import GROUP, VERSION
+
+DIRECTIVES = (GROUP, VERSION, "directives")
+STEPS = (GROUP, VERSION, "directivesteps")
+
+
+def register(registry: kopf.OperatorRegistry, controller: Controller, *, tick: float, fast_path: bool) -> None:
+    """Attach the operator's handlers to `registry` (one registry per running operator)."""
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)
+
+    @kopf.index(*STEPS, registry=registry)
+    def steps_by_directive(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, labels.get(naming.LABEL_DIRECTIVE, "")): _plain(body)}
+
+    def _bind(steps_by_directive: kopf.Index[Any, Any]) -> None:
+        controller.steps_source = lambda key: steps_by_directive.get(key, [])
+
+    @kopf.on.event(*DIRECTIVES, registry=registry)
+    async def directive_event(
+        type: str | None, body: kopf.Body, steps_by_directive: kopf.Index[Any, Any], **_: Any
+    ) -> None:
+        _bind(steps_by_directive)
+        key = (body.metadata.namespace or "", body.metadata.name or "")
+        if type == "DELETED":
+            controller.forget_directive(key)
+            return
+        controller.observe_directive(_plain(body))
+        if fast_path:
+            await controller.trigger(key, "event")
+
+    @kopf.timer(*DIRECTIVES, interval=tick, initial_delay=min(tick, 1.0), registry=registry)
+    async def directive_tick(body: kopf.Body, steps_by_directive: kopf.Index[Any, Any], **_: Any) -> None:
+        _bind(steps_by_directive)
+        key = controller.observe_directive(_plain(body))
+        await controller.trigger(key, "timer")
+
+    @kopf.on.event(*STEPS, registry=registry)
+    async def step_event(type: str | None, body: kopf.Body, steps_by_directive: kopf.Index[Any, Any], **_: Any) -> None:
+        _bind(steps_by_directive)
+        if fast_path and type != "DELETED":
+            directive = body.get("spec", {}).get("directive")
+            if directive:
+                await controller.trigger((body.metadata.namespace or "", directive), "event")
+
+    @kopf.on.event("batch", "v1", "jobs", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY}, registry=registry)
+    async def job_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        task_id = (body.metadata.labels or {}).get(naming.LABEL_TASK)
+        if not task_id:
+            return
+        outcome = ("lost", "Job deleted before the task reported") if type == "DELETED" else job_outcome(_plain(body))
+        if outcome is not None:
+            await controller.job_finished(task_id, *outcome)
+
+    @kopf.on.delete(*DIRECTIVES, registry=registry)
+    async def directive_deleted(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+        cancelled = await controller.cancel_all(body.metadata.namespace or "", body.metadata.uid or "")
+        logger.info("cancelled %d running task(s) before deletion", cancelled)
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    """A plain-dict copy of a kopf body (kopf's views are live; the controller keeps copies)."""
+    import copy
+
+    return copy.deepcopy(dict(body))
+
+
+def configure(settings: kopf.OperatorSettings, *, peering: str | None) -> None:
+    settings.persistence.finalizer = naming.FINALIZER
+    settings.posting.level = logging.WARNING  # kopf's own k8s Events only for problems; ours are explicit
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    if peering:
+        settings.peering.name = peering
+        settings.peering.mandatory = True
+        settings.peering.standalone = False
+    else:
+        settings.peering.standalone = True

@@ -1,0 +1,142 @@
+"""Assembles a running operator: store, Kubernetes gateway, executors, API server, kopf.
+
+`run_operator` is what `makima operator` runs; tests and the quickstart call it in-process
+with a stop flag. Nothing here decides anything: it builds the parts and connects them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import kopf
+from aiohttp import web
+
+from . import dag
+from .api import ApiDeps, build_app
+from .config import OperatorSettings
+from .controller import Controller, step_view
+from .dispatch import AgentDefaults, TaskDispatcher
+from .executors.daemons import DaemonHub
+from .executors.jobs import JobDefaults, JobExecutor
+from .handlers import configure, register
+from .kube import Kube, load_config
+from .protocol import Problem, StepSubmission
+from .reconcile import ReconcileConfig
+from .store import TaskStore, open_store
+from .tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Operator:
+    """The parts of a running operator, for tests and the quickstart to look at."""
+
+    settings: OperatorSettings
+    store: TaskStore
+    kube: Kube
+    controller: Controller
+    hub: DaemonHub
+    api_url: str
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    return host or "0.0.0.0", int(port)
+
+
+async def build(settings: OperatorSettings, stack: AsyncExitStack, kubeconfig: str | None = None) -> Operator:
+    store = await open_store(settings)
+    stack.push_async_callback(store.close)
+    kube = Kube(load_config(kubeconfig))
+    hub = DaemonHub(
+        store,
+        heartbeat_seconds=settings.daemon_heartbeat_seconds,
+        lost_after_seconds=settings.daemon_lost_after_seconds,
+    )
+    jobs = JobExecutor(
+        kube,
+        JobDefaults(
+            image=settings.agent_image,
+            api_url=settings.api_url,
+            ttl_seconds=settings.job_ttl_seconds,
+            service_account=settings.job_service_account,
+        ),
+    )
+    dispatcher = TaskDispatcher(store, jobs, hub, AgentDefaults(command=settings.agent_command), kube)
+    config = ReconcileConfig(
+        retry_base_seconds=settings.retry_base_seconds,
+        retry_max_seconds=settings.retry_max_seconds,
+        daemon_lost_after_seconds=settings.daemon_lost_after_seconds,
+    )
+    controller = Controller(kube, store, dispatcher, config, steps_source=lambda key: [], daemons=hub)
+
+    async def validate_steps(task: Task, submitted: list[StepSubmission]) -> list[Problem]:
+        existing = [step_view(s) for s in controller.steps_of((task.namespace, task.directive_name))]
+        already = [StepSubmission.model_validate(s) for s in (task.result or {}).get("steps", [])]
+        nodes = [dag.Node(s.name, tuple(s.spec.depends_on), s.spec.order_index, s.spec.generation, s.status.phase)
+                 for s in existing]
+        nodes += [dag.Node(s.name, tuple(s.depends_on), s.order_index, task.generation) for s in already]
+        return dag.validate_submission(nodes, submitted, generation=task.generation)
+
+    async def on_task_report(task: Task) -> None:
+        controller.task_reported(task)
+
+    async def ready() -> bool:
+        return await store.ping()
+
+    deps = ApiDeps(
+        store=store,
+        hub=hub,
+        spec_for=dispatcher.spec_for,
+        validate_steps=validate_steps,
+        on_task_report=on_task_report,
+        verify_daemon_token=kube.daemon_token_matches,
+        ready=ready,
+        reader_token=settings.reader_token,
+    )
+    runner = web.AppRunner(build_app(deps), access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    host, port = _split_listen(settings.api_listen)
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0][1] if runner.addresses else port
+    log.info("operator API listening on %s:%s", host, bound)
+    return Operator(settings, store, kube, controller, hub, f"http://127.0.0.1:{bound}")
+
+
+async def run_operator(
+    settings: OperatorSettings,
+    *,
+    kubeconfig: str | None = None,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+    on_built: Any = None,
+) -> None:
+    """Run until `stop_flag` is set (or forever). `on_built(operator)` sees the parts."""
+    async with AsyncExitStack() as stack:
+        op = await build(settings, stack, kubeconfig)
+        if on_built is not None:
+            on_built(op)
+        registry = kopf.OperatorRegistry()
+        register(registry, op.controller, tick=settings.tick_seconds, fast_path=not settings.poll_only)
+
+        @kopf.on.startup(registry=registry)
+        def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+            configure(settings, peering=op.settings.peering)
+
+        namespaces = list(settings.namespaces)
+        await kopf.operator(
+            registry=registry,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=settings.peering is None,
+            peering_name=settings.peering,
+            stop_flag=stop_flag,
+            ready_flag=ready_flag,
+        )
