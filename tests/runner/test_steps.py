@@ -1,0 +1,146 @@
+"""Step tasks against real git: single, chain, diamond, no changes, conflicts, failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from makima.protocol import AgentSettings, EventType, Outcome
+from makima.runner.run import run_task
+
+from .conftest import files_on, git, scripted_agent, step_spec
+from .doubles import RecordingReporter
+
+SCRIPT = {
+    "steps": {
+        "a": {"files": {"a.txt": "from a\n"}},
+        "b": {"files": {"b.txt": "from b\n"}, "expect_files": ["a.txt"]},
+        "c": {"files": {"c.txt": "from c\n"}, "expect_files": ["a.txt"]},
+        "d": {"files": {"d.txt": "from d\n"}, "expect_files": ["a.txt", "b.txt", "c.txt"]},
+        "flaky": {"files": {"f.txt": "x\n"}, "fail_attempts": [1]},
+        "left": {"files": {"shared.txt": "line 1\nleft\nline 3\n"}},
+        "right": {"files": {"shared.txt": "line 1\nright\nline 3\n"}},
+        "join": {"conflict": {"strategy": "union"}},
+        "join-theirs": {"conflict": {"strategy": "theirs"}},
+        "join-leave": {"conflict": {"strategy": "leave"}},
+    }
+}
+
+
+async def run_step(remote: Path, tmp_path: Path, step: str, reporter: RecordingReporter, **kw):  # type: ignore[no-untyped-def]
+    spec = step_spec(remote, step, kw.pop("agent", scripted_agent(SCRIPT)), **kw)
+    return await run_task(spec, reporter, tmp_path / f"work-{step}-{spec.attempt}", heartbeat_seconds=0.2)
+
+
+async def test_single_step(remote: Path, tmp_path: Path, reporter: RecordingReporter) -> None:
+    result = await run_step(remote, tmp_path, "a", reporter)
+    assert result.outcome == Outcome.SUCCEEDED, result.message
+    assert result.branch == "makima/step-a"
+    assert result.changed_files == 1
+    assert result.commit == git("rev-parse", "makima/step-a", cwd=remote)
+    assert files_on(remote, "makima/step-a")["a.txt"] == "from a"
+    log = git("log", "--format=%an <%ae>|%s", "makima/step-a", "-1", cwd=remote)
+    assert log == "makima <makima@localhost>|Do a"
+    assert reporter.of(EventType.HEARTBEAT), "heartbeats are sent while running"
+    assert reporter.of(EventType.RESULT)[-1]["outcome"] == "succeeded"
+    assert any("scripted agent: step a" in line for line in reporter.output_lines())
+
+
+async def test_chain_step_sees_previous_file(remote: Path, tmp_path: Path, reporter: RecordingReporter) -> None:
+    assert (await run_step(remote, tmp_path, "a", reporter)).outcome == Outcome.SUCCEEDED
+    result = await run_step(remote, tmp_path, "b", reporter, start_from="makima/step-a")
+    assert result.outcome == Outcome.SUCCEEDED, result.message
+    assert result.changed_files == 1  # only b.txt: measured from the start point
+    assert set(files_on(remote, "makima/step-b")) >= {"a.txt", "b.txt", "README.md"}
+
+
+async def test_diamond_merges_both_parents(remote: Path, tmp_path: Path, reporter: RecordingReporter) -> None:
+    assert (await run_step(remote, tmp_path, "a", reporter)).outcome == Outcome.SUCCEEDED
+    for step in ("b", "c"):
+        res = await run_step(remote, tmp_path, step, reporter, start_from="makima/step-a")
+        assert res.outcome == Outcome.SUCCEEDED, res.message
+    result = await run_step(remote, tmp_path, "d", reporter, start_from="makima/step-b", merge=["makima/step-c"])
+    assert result.outcome == Outcome.SUCCEEDED, result.message
+    files = files_on(remote, "makima/step-d")
+    assert {"a.txt", "b.txt", "c.txt", "d.txt"} <= set(files)
+    merges = git("log", "--merges", "--format=%s", "makima/step-d", cwd=remote).splitlines()
+    assert merges == ["Merge branch 'makima/step-c' into makima/step-d"]  # --no-ff merge commit
+
+
+async def test_no_changes_succeeds_and_pushes(remote: Path, tmp_path: Path, reporter: RecordingReporter) -> None:
+    result = await run_step(remote, tmp_path, "nothing", reporter)
+    assert result.outcome == Outcome.SUCCEEDED
+    assert result.message == "no changes"
+    assert result.changed_files == 0
+    assert git("rev-parse", "makima/step-nothing", cwd=remote) == git("rev-parse", "main", cwd=remote)
+
+
+async def test_failed_attempt_then_retry(remote: Path, tmp_path: Path, reporter: RecordingReporter) -> None:
+    first = await run_step(remote, tmp_path, "flaky", reporter, attempt=1)
+    assert first.outcome == Outcome.FAILED
+    assert "exited with code 1" in first.message and "failing attempt 1" in first.message
+    assert "makima/step-flaky" not in git("branch", "--list", cwd=remote)  # nothing pushed
+    second = await run_step(remote, tmp_path, "flaky", reporter, attempt=2)
+    assert second.outcome == Outcome.SUCCEEDED, second.message
+
+
+async def _parallel_pair(remote: Path, tmp_path: Path, reporter: RecordingReporter) -> None:
+    for step in ("left", "right"):
+        res = await run_step(remote, tmp_path, step, reporter)
+        assert res.outcome == Outcome.SUCCEEDED, res.message
+
+
+async def test_conflict_resolved_by_agent_union(remote: Path, tmp_path: Path, reporter: RecordingReporter) -> None:
+    await _parallel_pair(remote, tmp_path, reporter)
+    result = await run_step(remote, tmp_path, "join", reporter, start_from="makima/step-left", merge=["makima/step-right"])
+    assert result.outcome == Outcome.SUCCEEDED, result.message
+    assert files_on(remote, "makima/step-join")["shared.txt"] == "line 1\nleft\nright\nline 3"
+    conflicts = [p for p in reporter.of(EventType.GIT) if p.get("action") == "conflict"]
+    assert conflicts and conflicts[0]["files"] == ["shared.txt"]
+    modes = {p.get("mode") for p in reporter.of(EventType.OUTPUT)}
+    assert "conflict" in modes
+
+
+async def test_conflict_resolved_theirs(remote: Path, tmp_path: Path, reporter: RecordingReporter) -> None:
+    await _parallel_pair(remote, tmp_path, reporter)
+    result = await run_step(
+        remote, tmp_path, "join-theirs", reporter, start_from="makima/step-left", merge=["makima/step-right"]
+    )
+    assert result.outcome == Outcome.SUCCEEDED, result.message
+    assert files_on(remote, "makima/step-join-theirs")["shared.txt"] == "line 1\nright\nline 3"
+
+
+async def test_conflict_left_unresolved_fails_listing_paths(
+    remote: Path, tmp_path: Path, reporter: RecordingReporter
+) -> None:
+    await _parallel_pair(remote, tmp_path, reporter)
+    result = await run_step(
+        remote, tmp_path, "join-leave", reporter, start_from="makima/step-left", merge=["makima/step-right"]
+    )
+    assert result.outcome == Outcome.FAILED
+    assert "unresolved conflicts in: shared.txt" in result.message
+    assert "makima/step-join-leave" not in git("branch", "--list", cwd=remote)
+
+
+async def test_agent_timeout(remote: Path, tmp_path: Path, reporter: RecordingReporter) -> None:
+    import sys
+
+    agent = AgentSettings(
+        command=[sys.executable, "-c", "import time; print('busy', flush=True); time.sleep(30)"], timeout_seconds=0.5
+    )
+    result = await run_step(remote, tmp_path, "slow", reporter, agent=agent)
+    assert result.outcome == Outcome.FAILED
+    assert "timed out" in result.message
+    assert "busy" in reporter.output_lines()
+
+
+async def test_missing_start_branch_fails_clearly(remote: Path, tmp_path: Path, reporter: RecordingReporter) -> None:
+    result = await run_step(remote, tmp_path, "a", reporter, start_from="makima/step-nope")
+    assert result.outcome == Outcome.FAILED
+    assert "start branch 'makima/step-nope' does not exist" in result.message
+
+
+async def test_agent_command_not_found(remote: Path, tmp_path: Path, reporter: RecordingReporter) -> None:
+    agent = AgentSettings(command=["definitely-not-an-agent-xyz"])
+    result = await run_step(remote, tmp_path, "a", reporter, agent=agent)
+    assert result.outcome == Outcome.FAILED
+    assert "cannot start agent command" in result.message
