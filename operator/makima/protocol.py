@@ -6,6 +6,7 @@ so a typo in a client is an error, not a silently ignored field.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -182,3 +183,20 @@ class CancelTask(Msg):
 
 DaemonToOperator = Annotated[DaemonHello | DaemonHeartbeat | SpawnAck, Field(discriminator="type")]
 OperatorToDaemon = Annotated[DaemonWelcome | SpawnTask | CancelTask, Field(discriminator="type")]
+
+
+# ---- reading a task's event log (GET /v1/tasks/{id}/events) ----------------------------------
+
+
+class StoredEvent(Msg):
+    seq: int
+    at: datetime
+    type: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class EventPage(Msg):
+    """Events with seq > `since`, oldest first; ask again with `since=next_since` for more."""
+
+    events: list[StoredEvent] = Field(default_factory=list)
+    next_since: int = Field(alias="nextSince")
