@@ -84,9 +84,9 @@ class Sandbox:
             self._workdir = Path(self._tmp.name)
         self.jobs = JobController(self.cluster, self._workdir / "pods", self._job_env, self._job_retry_delay)
         self.api.log_source = self.jobs.log
-        self._runner = web.AppRunner(self.api.make_app(), handle_signals=False, access_log=None)
+        self._runner = web.AppRunner(self.api.make_app(), handle_signals=False, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, shutdown_timeout=0.5)
+        site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
         server = site._server
         assert server is not None and isinstance(server, asyncio.Server)
