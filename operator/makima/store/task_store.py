@@ -372,7 +372,8 @@ class TaskStore:
                 f"""SELECT {_SELECT} FROM tasks
                     WHERE state = ANY($1::text[])
                       AND (deadline_at <= $2
-                           OR (state <> 'pending' AND COALESCE(heartbeat_at, created_at) < $2 - $3::interval))
+                           OR (state <> 'pending'
+                               AND COALESCE(heartbeat_at, created_at) < $2::timestamptz - $3::interval))
                     ORDER BY created_at, id""",
                 _ACTIVE,
                 _aware(now),
@@ -518,7 +519,8 @@ class TaskStore:
         """Mark daemons silent for longer than `timeout` as disconnected; return their ids."""
         rows = await self._run(
             lambda c: c.fetch(
-                "UPDATE daemons SET connected = false WHERE connected AND last_seen < $1 - $2::interval RETURNING id",
+                "UPDATE daemons SET connected = false "
+                "WHERE connected AND last_seen < $1::timestamptz - $2::interval RETURNING id",
                 _aware(now),
                 _seconds(timeout),
             )
