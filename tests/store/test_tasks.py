@@ -123,7 +123,9 @@ async def test_twenty_concurrent_writers_exactly_one_wins_each_round(pg_dsn: str
         for round_, target in enumerate(targets):
             version = t.version
 
-            async def writer(i: int, tid: str = t.id, version: int = version, target: TaskState = target) -> Task | None:
+            async def writer(
+                i: int, tid: str = t.id, version: int = version, target: TaskState = target
+            ) -> Task | None:
                 try:
                     return await store.transition(tid, version, target, executor_ref=f"w{i}")
                 except VersionConflict:
