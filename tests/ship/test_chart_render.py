@@ -206,7 +206,7 @@ def test_agent_labels_match_the_operator_naming() -> None:
 
 
 def test_daemon_deployment_and_token_secret() -> None:
-    docs = render({"daemon": {"enabled": True, "namespace": "team-a"}})
+    docs = render({"daemon": {"enabled": True, "namespace": "team-a", "capacity": 4, "labels": {"gpu": "yes"}}})
     secret = one(docs, "Secret", "makima-daemon-token")
     assert secret["metadata"]["namespace"] == "team-a"
     assert len(secret["data"]["token"]) > 40
@@ -215,8 +215,9 @@ def test_daemon_deployment_and_token_secret() -> None:
     pod = deploy["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     (container,) = pod["containers"]
-    assert container["args"] == ["daemon"]
+    assert container["args"] == ["daemon", "run", "--work-dir=/tmp/makima-work", "--capacity=4", "--label=gpu=yes"]
     env = env_of(container)
+    assert env["MAKIMA_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["MAKIMA_API_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:8080"
     assert env["MAKIMA_DAEMON_TOKEN"] == {"secretKeyRef": {"name": "makima-daemon-token", "key": "token"}}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -260,3 +261,16 @@ def test_notes_say_what_to_do_next() -> None:
     assert "examples/directive.yaml" in text
     assert "create secret generic makima-database" in text
     assert "bundled" in notes({"postgresql": {"bundled": {"enabled": True}}})
+
+
+def test_daemon_cli_accepts_the_rendered_arguments() -> None:
+    from typer.testing import CliRunner
+
+    from makima.daemon_cli import app as daemon_app
+
+    docs = render({"daemon": {"enabled": True, "capacity": 2, "labels": {"zone": "a"}, "args": ["--verbose"]}})
+    args = one(docs, "Deployment", f"{FULLNAME}-daemon")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "daemon"
+    # --help is eager but runs after parsing, so an unknown option still fails (exit 2)
+    result = CliRunner().invoke(daemon_app, [*args[1:], "--help"])
+    assert result.exit_code == 0, result.output

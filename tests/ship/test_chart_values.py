@@ -29,6 +29,7 @@ BAD_VALUES: list[tuple[dict[str, Any], str]] = [
     ({"networkPolicy": {"gitHost": {"ports": []}}}, r"/networkPolicy/gitHost/ports"),
     ({"daemon": {"enabled": "yes"}}, r"/daemon/enabled.*want boolean"),
     ({"daemon": {"replicas": 0}}, r"/daemon/replicas.*minimum"),
+    ({"daemon": {"capacity": 1000}}, r"/daemon/capacity.*maximum"),
     ({"postgresql": {"bundled": {"storage": "lots"}}}, r"/postgresql/bundled/storage"),
     ({"agent": {"command": "claude -p"}}, r"/agent/command.*want array"),
 ]
