@@ -40,10 +40,12 @@ RUN groupadd --system --gid 10001 makima \
             --shell /usr/sbin/nologin makima
 
 COPY --from=builder /opt/makima /opt/makima
+# HOME=/tmp: pods run with a read-only root filesystem and an emptyDir on /tmp, and git
+# writes under $HOME (global config, credential helpers).
 ENV PATH=/opt/makima/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    HOME=/home/makima
+    HOME=/tmp
 
 USER 10001:10001
 WORKDIR /home/makima

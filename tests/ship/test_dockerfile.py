@@ -99,3 +99,9 @@ def test_dockerignore_keeps_context_small() -> None:
     assert "*" in lines, "whitelist: ignore everything, then allow what the build copies"
     for needed in ("!pyproject.toml", "!operator/"):
         assert needed in lines
+
+
+def test_home_is_writable_under_a_read_only_root(parsed: DockerfileParser) -> None:
+    # Operator, daemon and Job pods mount an emptyDir on /tmp and nothing else writable.
+    assert parsed.envs.get("HOME") == "/tmp"
+    assert parsed.envs["PATH"].startswith("/opt/makima/bin")
