@@ -57,9 +57,7 @@ def remote(tmp_path: Path) -> Path:
 
 
 def scripted_agent(script: dict[str, Any], timeout: float = 60) -> AgentSettings:
-    return AgentSettings(
-        command=SCRIPTED, env={"MAKIMA_AGENT_SCRIPT": yaml.safe_dump(script)}, timeout_seconds=timeout
-    )
+    return AgentSettings(command=SCRIPTED, env={"MAKIMA_AGENT_SCRIPT": yaml.safe_dump(script)}, timeout_seconds=timeout)
 
 
 def step_spec(

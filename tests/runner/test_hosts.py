@@ -58,9 +58,7 @@ class GitHubStandIn:
         owner = request.match_info["owner"]
         head = request.query["head"]
         found = [
-            p
-            for p in self.pulls
-            if f"{owner}:{p['head']['ref']}" == head and p["base"]["ref"] == request.query["base"]
+            p for p in self.pulls if f"{owner}:{p['head']['ref']}" == head and p["base"]["ref"] == request.query["base"]
         ]
         return web.json_response(found)
 
@@ -140,7 +138,7 @@ async def test_local_host_records_pull_request(remote: Path) -> None:
     git("branch", "feature", "main", cwd=remote)
     host = LocalHost(remote)
     first = await host.open_or_update("feature", "main", "T", "B", True)
-    assert (first.number, first.created, first.url) == (1, True, f"{remote.resolve().as_uri()}#pull/1")
+    assert (first.number, first.created, first.url) == (1, True, f"{host.repo_path.as_uri()}#pull/1")
     again = await host.open_or_update("feature", "main", "T2", "B2", False)
     assert (again.number, again.created) == (1, False)
     git("branch", "other", "main", cwd=remote)

@@ -127,8 +127,16 @@ def test_askpass_answers_from_environment(tmp_path: Path) -> None:
 
 
 def test_agent_env_strips_secrets_and_sets_context() -> None:
-    base = {"MAKIMA_GIT_TOKEN": "x", "MAKIMA_GIT_USERNAME": "u", "GIT_ASKPASS": "/a", "MAKIMA_DAEMON_TOKEN": "d", "HOME": "/h"}
-    ctx = AgentContext(task_id="t1", kind="step", directive="d", step="s", attempt=2, generation=3, api_url="http://api", token="tt")
+    base = {
+        "MAKIMA_GIT_TOKEN": "x",
+        "MAKIMA_GIT_USERNAME": "u",
+        "GIT_ASKPASS": "/a",
+        "MAKIMA_DAEMON_TOKEN": "d",
+        "HOME": "/h",
+    }
+    ctx = AgentContext(
+        task_id="t1", kind="step", directive="d", step="s", attempt=2, generation=3, api_url="http://api", token="tt"
+    )
     env = agent_env(ctx, mode="conflict", conflict_files=["a", "b/c"], profile_env={"X": "1"}, base=base)
     assert not {"MAKIMA_GIT_TOKEN", "MAKIMA_GIT_USERNAME", "GIT_ASKPASS", "MAKIMA_DAEMON_TOKEN"} & set(env)
     assert env["HOME"] == "/h" and env["X"] == "1"

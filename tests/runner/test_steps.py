@@ -91,7 +91,9 @@ async def _parallel_pair(remote: Path, tmp_path: Path, reporter: RecordingReport
 
 async def test_conflict_resolved_by_agent_union(remote: Path, tmp_path: Path, reporter: RecordingReporter) -> None:
     await _parallel_pair(remote, tmp_path, reporter)
-    result = await run_step(remote, tmp_path, "join", reporter, start_from="makima/step-left", merge=["makima/step-right"])
+    result = await run_step(
+        remote, tmp_path, "join", reporter, start_from="makima/step-left", merge=["makima/step-right"]
+    )
     assert result.outcome == Outcome.SUCCEEDED, result.message
     assert files_on(remote, "makima/step-join")["shared.txt"] == "line 1\nleft\nright\nline 3"
     conflicts = [p for p in reporter.of(EventType.GIT) if p.get("action") == "conflict"]

@@ -1,0 +1,64 @@
+"""Planning tasks: the scripted agent submits its plan through the task API (test double)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from makima.protocol import ErrorBody, Outcome, TaskSpec, WorkspacePlan
+from makima.runner.run import run_task
+from makima.tasks import TaskKind
+
+from .conftest import scripted_agent
+from .doubles import FakeOperatorApi, RecordingReporter
+
+SCRIPT = {
+    "plan": [
+        {"name": "api", "title": "API", "taskPlan": "build it"},
+        {"name": "docs", "title": "Docs", "dependsOn": ["api"], "orderIndex": 1},
+    ],
+    "replan": {2: [{"name": "tests", "title": "Tests", "depends_on": ["api"]}]},
+}
+
+
+def planning_spec(remote: Path, generation: int) -> TaskSpec:
+    return TaskSpec(
+        task_id=f"plan-{generation}",
+        kind=TaskKind.PLANNING,
+        generation=generation,
+        namespace="default",
+        directive="demo",
+        prompt="plan the goal",
+        workspace=WorkspacePlan(repo_url=remote.as_uri()),
+        agent=scripted_agent(SCRIPT),
+    )
+
+
+async def _plan(api: FakeOperatorApi, remote: Path, tmp_path: Path, generation: int, reporter: RecordingReporter):  # type: ignore[no-untyped-def]
+    spec = planning_spec(remote, generation)
+    return await run_task(spec, reporter, tmp_path / f"plan-{generation}", api_url=api.url, task_token=api.token)
+
+
+async def test_planning_submits_steps_per_generation(
+    fake_api: FakeOperatorApi, remote: Path, tmp_path: Path, reporter: RecordingReporter
+) -> None:
+    result = await _plan(fake_api, remote, tmp_path, 1, reporter)
+    assert result.outcome == Outcome.SUCCEEDED, result.message
+    assert result.branch is None
+    assert [(s["name"], s["dependsOn"], s["orderIndex"]) for s in fake_api.steps["plan-1"]] == [
+        ("api", [], 0),
+        ("docs", ["api"], 1),
+    ]
+    result = await _plan(fake_api, remote, tmp_path, 2, RecordingReporter())
+    assert result.outcome == Outcome.SUCCEEDED, result.message
+    assert [s["name"] for s in fake_api.steps["plan-2"]] == ["tests"]
+
+
+async def test_rejected_plan_fails_the_task_with_problems(
+    fake_api: FakeOperatorApi, remote: Path, tmp_path: Path, reporter: RecordingReporter
+) -> None:
+    fake_api.reject_steps = ErrorBody.model_validate(
+        {"error": "invalid plan", "problems": [{"step": "docs", "field": "dependsOn", "message": "cycle"}]}
+    )
+    result = await _plan(fake_api, remote, tmp_path, 1, reporter)
+    assert result.outcome == Outcome.FAILED
+    assert "step docs dependsOn: cycle" in result.message
