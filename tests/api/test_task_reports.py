@@ -236,7 +236,7 @@ async def test_readers_page_through_events_with_the_reader_token_even_after_the_
     page = await reader.json()
     assert [e["seq"] for e in page["events"]] == [3, 4, 5] and page["nextSince"] == 5
 
-    other, other_token = await make_task(api.store)
+    _other, other_token = await make_task(api.store)
     cross = await api.client.get(f"/v1/tasks/{task.id}/events", headers=bearer(other_token))
     assert cross.status == 403
     bad = await api.client.get(f"/v1/tasks/{task.id}/events?since=-1", headers=bearer(READER_TOKEN))

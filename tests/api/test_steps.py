@@ -1,0 +1,126 @@
+"""Planner step submissions and completion pull-request reports."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from makima.tasks import TaskKind, TaskState
+
+from .conftest import Api, bearer, make_task
+
+
+def step(name: str, **kw: Any) -> dict[str, Any]:
+    return {"name": name, "title": f"Step {name}", **kw}
+
+
+async def _steps(api: Api, task_id: str) -> list[dict[str, Any]] | None:
+    stored = await api.store.get_task(task_id)
+    assert stored is not None
+    return (stored.result or {}).get("steps")
+
+
+async def test_valid_submissions_accumulate_on_the_planning_task(api: Api) -> None:
+    task, token = await make_task(api.store, kind=TaskKind.PLANNING, state=TaskState.RUNNING)
+    first = {"steps": [step("schema", orderIndex=0), step("api", dependsOn=["schema"], taskPlan="add routes")]}
+    resp = await api.client.post(f"/v1/tasks/{task.id}/steps", json=first, headers=bearer(token))
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"accepted": 2, "total": 2}
+
+    # A later call may depend on a step of an earlier call.
+    second = {"steps": [step("docs", dependsOn=["api"], orderIndex=1)]}
+    resp = await api.client.post(f"/v1/tasks/{task.id}/steps", json=second, headers=bearer(token))
+    assert await resp.json() == {"accepted": 1, "total": 3}
+
+    steps = await _steps(api, task.id)
+    assert steps is not None
+    assert [s["name"] for s in steps] == ["schema", "api", "docs"]
+    assert steps[1] == {
+        "name": "api",
+        "title": "Step api",
+        "description": "",
+        "taskPlan": "add routes",
+        "dependsOn": ["schema"],
+        "orderIndex": 0,
+    }
+    # The controller validated the whole set each time, earlier steps included.
+    assert api.rules.seen == [["schema", "api"], ["schema", "api", "docs"]]
+    assert len(api.reports.calls) == 2
+
+
+async def test_invalid_submission_lists_every_problem_and_stores_nothing(api: Api) -> None:
+    task, token = await make_task(api.store, kind=TaskKind.PLANNING, state=TaskState.RUNNING)
+    await api.client.post(f"/v1/tasks/{task.id}/steps", json={"steps": [step("base")]}, headers=bearer(token))
+    api.rules.forbidden = {"admin"}
+    bad = {
+        "steps": [
+            step("Bad_Name"),  # not a DNS label (pydantic)
+            {"name": "no-title"},  # missing title (pydantic)
+            step("neg", orderIndex=-1, colour="red"),  # range + unknown field (pydantic)
+            step("base"),  # submitted in an earlier call
+            step("twice"),
+            step("twice"),  # twice in this call
+            step("orphan", dependsOn=["ghost"]),  # unknown dependency (validate_steps)
+            step("admin"),  # refused by the controller (validate_steps)
+        ]
+    }
+    resp = await api.client.post(f"/v1/tasks/{task.id}/steps", json=bad, headers=bearer(token))
+    assert resp.status == 422
+    body = await resp.json()
+    assert "nothing was stored" in body["error"]
+    problems = {(p.get("step"), p.get("field"), p["message"]) for p in body["problems"]}
+    by_step: dict[str | None, list[str]] = {}
+    for s, f, _m in problems:
+        by_step.setdefault(s, []).append(f or "")
+    assert "steps.0.name" in by_step["Bad_Name"]
+    assert "steps.1.title" in by_step["no-title"]
+    assert {"steps.2.orderIndex", "steps.2.colour"} <= set(by_step["neg"])
+    assert any("already submitted earlier" in m for s, _f, m in problems if s == "base")
+    assert any("already submitted in this submission" in m for s, _f, m in problems if s == "twice")
+    assert any("unknown step 'ghost'" in m for s, _f, m in problems if s == "orphan")
+    assert any("reserved" in m for s, _f, m in problems if s == "admin")
+    assert len(body["problems"]) == 8
+
+    assert [s["name"] for s in await _steps(api, task.id) or []] == ["base"]
+    assert len(api.reports.calls) == 1  # only the first, valid submission
+
+
+async def test_batch_shape_problems(api: Api) -> None:
+    task, token = await make_task(api.store, kind=TaskKind.PLANNING, state=TaskState.RUNNING)
+    for body, field in [({"steps": []}, "steps"), ({"steps": [step("a")], "extra": 1}, "extra"), ([1, 2], None)]:
+        resp = await api.client.post(f"/v1/tasks/{task.id}/steps", json=body, headers=bearer(token))
+        assert resp.status == 422, body
+        fields = [p.get("field") for p in (await resp.json())["problems"]]
+        assert field in fields
+    assert await _steps(api, task.id) is None
+
+
+async def test_only_planning_tasks_submit_steps(api: Api) -> None:
+    task, token = await make_task(api.store, kind=TaskKind.STEP)
+    resp = await api.client.post(f"/v1/tasks/{task.id}/steps", json={"steps": [step("a")]}, headers=bearer(token))
+    assert resp.status == 409
+    assert "only planning tasks" in (await resp.json())["error"]
+
+
+async def test_pull_request_report_is_stored_on_the_completion_task(api: Api) -> None:
+    task, token = await make_task(api.store, kind=TaskKind.COMPLETION, state=TaskState.RUNNING)
+    report = {"url": "https://github.com/o/r/pull/7", "branch": "makima/demo"}
+    resp = await api.client.post(f"/v1/tasks/{task.id}/pull-request", json=report, headers=bearer(token))
+    assert resp.status == 200, await resp.text()
+    resp = await api.client.post(
+        f"/v1/tasks/{task.id}/result", json={"outcome": "succeeded", "branch": "makima/demo"}, headers=bearer(token)
+    )
+    assert resp.status == 200
+    stored = await api.store.get_task(task.id)
+    assert stored is not None and stored.result is not None
+    # The result did not carry the URL again; the earlier report survives.
+    assert stored.result["pull_request_url"] == "https://github.com/o/r/pull/7"
+    assert stored.result["pull_request"] == report
+    assert stored.result["outcome"] == "succeeded"
+
+
+async def test_only_completion_tasks_report_pull_requests(api: Api) -> None:
+    task, token = await make_task(api.store, kind=TaskKind.STEP)
+    resp = await api.client.post(
+        f"/v1/tasks/{task.id}/pull-request", json={"url": "https://x/pr/1"}, headers=bearer(token)
+    )
+    assert resp.status == 409
