@@ -14,13 +14,13 @@ class OperatorSettings(BaseSettings):
 
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty = all.")
     database_url: str | None = Field(default=None, description="PostgreSQL DSN; unset = embedded server.")
-    postgres_dir: Path | None = Field(default=None, description="Embedded PostgreSQL data dir; default under state_dir.")
+    postgres_dir: Path | None = Field(
+        default=None, description="Embedded PostgreSQL data dir; default under state_dir."
+    )
     state_dir: Path = Field(default_factory=lambda: Path(user_state_dir("makima")))
     tick_seconds: float = Field(default=15.0, gt=0)
     api_listen: str = Field(default="0.0.0.0:8080", description="host:port of the operator HTTP API.")
-    api_url: str = Field(
-        default="http://127.0.0.1:8080", description="URL tasks and daemons use to reach the API."
-    )
+    api_url: str = Field(default="http://127.0.0.1:8080", description="URL tasks and daemons use to reach the API.")
     agent_image: str = "ghcr.io/makima-dev/makima:0.1.0"
     agent_command: list[str] = Field(default_factory=lambda: ["claude", "-p", "--dangerously-skip-permissions"])
     job_ttl_seconds: int = Field(default=3600, ge=0)

@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import metrics, naming
+from .dispatch import TaskDispatcher
 from .kube import DIRECTIVES, STEPS, Kube
 from .models import Directive, DirectivePhase, DirectiveStep, StepPhase
 from .reconcile import (
@@ -32,13 +33,12 @@ from .reconcile import (
     MarkStep,
     PauseDirective,
     ReconcileConfig,
-    Snapshot,
     SetDirectiveStatus,
+    Snapshot,
     StartCompletion,
     StepView,
     decide,
 )
-from .dispatch import TaskDispatcher
 from .store.errors import IllegalTransition, VersionConflict
 from .tasks import Task, TaskState
 
@@ -134,7 +134,9 @@ class Controller:
         if self.daemons is None:
             return []
         return [
-            DaemonView(id=d.id, namespace=d.namespace, labels=dict(d.labels), capacity=d.capacity, in_flight=d.in_flight)
+            DaemonView(
+                id=d.id, namespace=d.namespace, labels=dict(d.labels), capacity=d.capacity, in_flight=len(d.in_flight)
+            )
             for d in self.daemons.available(namespace)
         ]
 
@@ -186,7 +188,9 @@ class Controller:
         state = self._keys.setdefault(key, _KeyState())
         # The timer is a safety net: with nothing changed and nothing in flight, it does nothing.
         digest = self._digest(body, steps, tasks)
-        idle = not any(t.state.active for t in tasks) and not any(s.get("status", {}).get("nextAttemptAt") for s in steps)
+        idle = not any(t.state.active for t in tasks) and not any(
+            s.get("status", {}).get("nextAttemptAt") for s in steps
+        )
         if only_if_changed and idle and digest == state.digest:
             return []
         snapshot = Snapshot(
@@ -204,7 +208,7 @@ class Controller:
 
     @staticmethod
     def _digest(body: dict[str, Any], steps: list[dict[str, Any]], tasks: list[Task]) -> str:
-        parts = [str(_rv(body))] + sorted(f"{s['metadata']['name']}:{_rv(s)}" for s in steps)
+        parts = [str(_rv(body)), *sorted(f"{s['metadata']['name']}:{_rv(s)}" for s in steps)]
         parts += sorted(f"{t.id}:{t.version}" for t in tasks)
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
@@ -216,7 +220,7 @@ class Controller:
         directive = Directive.model_validate(body)
         for action in actions:
             if isinstance(action, CreatePlanningTask):
-                await self.dispatcher.start_planning(directive, action, self.daemon_views(ns))
+                await self.dispatcher.start_planning(directive, action)
             elif isinstance(action, CreateSteps):
                 for sub in action.steps:
                     created = await self.kube.create_step(ns, self._step_body(body, sub, action.generation))
@@ -236,7 +240,7 @@ class Controller:
             elif isinstance(action, ExpireTask):
                 await self.dispatcher.expire(action.task_id, action.reason)
             elif isinstance(action, StartCompletion):
-                await self.dispatcher.start_completion(directive, action, self.daemon_views(ns))
+                await self.dispatcher.start_completion(directive, action)
             elif isinstance(action, SetDirectiveStatus):
                 desired = action.status.wire()
                 patch = status_diff(body.get("status") or {}, desired)

@@ -17,7 +17,7 @@ from . import metrics, naming
 from .executors.jobs import JobExecutor
 from .models import Directive, parse_duration
 from .protocol import AgentSettings, CompletionPlan, TaskSpec, WorkspacePlan
-from .reconcile import CreatePlanningTask, DispatchStep, Route, StartCompletion, choose_route
+from .reconcile import CreatePlanningTask, DispatchStep, Route, StartCompletion
 from .store.errors import IllegalTransition, VersionConflict
 from .store.tokens import hash_token, new_token
 from .tasks import Task, TaskKind, TaskState
@@ -75,22 +75,13 @@ class TaskDispatcher:
             base_branch=directive.spec.repository.base_branch,
         )
 
-    def _route(self, directive: Directive, daemons: list[Any]) -> Route | None:
-        ex = directive.spec.execution
-        return choose_route(ex.mode, ex.daemon_selector, daemons)
-
     # ---- the three kinds of task -------------------------------------------------------------
 
-    async def start_planning(self, directive: Directive, action: CreatePlanningTask, daemons: list[Any]) -> Task:
+    async def start_planning(self, directive: Directive, action: CreatePlanningTask) -> Task:
         task = self._base_task(directive, TaskKind.PLANNING, action.task_id, action.attempt, action.generation)
-        pr_branch = directive.status.pull_request.branch if directive.status.pull_request else None
-        workspace = WorkspacePlan(
-            repo_url=directive.spec.repository.url,
-            base_branch=directive.spec.repository.base_branch,
-            start_from=pr_branch,
-        )
-        spec = self._spec(directive, task, action.prompt, workspace)
-        return await self._launch(directive, task, spec, self._route(directive, daemons), owner=None)
+        task = task.model_copy(update={"continue_from": action.workspace.start_from, "deadline_at": action.deadline_at})
+        spec = self._spec(directive, task, action.prompt, action.workspace)
+        return await self._launch(directive, task, spec, action.route, owner=None)
 
     async def dispatch_step(self, directive: Directive, step: dict[str, Any], action: DispatchStep) -> Task:
         task = self._base_task(directive, TaskKind.STEP, action.task_id, action.attempt, step["spec"]["generation"])
@@ -107,23 +98,25 @@ class TaskDispatcher:
         spec = self._spec(directive, task, action.prompt, action.workspace)
         return await self._launch(directive, task, spec, action.route, owner=step)
 
-    async def start_completion(self, directive: Directive, action: StartCompletion, daemons: list[Any]) -> Task:
+    async def start_completion(self, directive: Directive, action: StartCompletion) -> Task:
         task = self._base_task(directive, TaskKind.COMPLETION, action.task_id, action.attempt, action.generation)
         plan: CompletionPlan = action.plan
-        task = task.model_copy(update={"branch": plan.directive_branch, "merge_branches": list(plan.merge)})
-        workspace = WorkspacePlan(
-            repo_url=directive.spec.repository.url,
-            base_branch=directive.spec.repository.base_branch,
-            branch=plan.directive_branch,
+        task = task.model_copy(
+            update={
+                "branch": plan.directive_branch,
+                "merge_branches": list(plan.merge),
+                "deadline_at": action.deadline_at,
+            }
         )
-        spec = self._spec(directive, task, "", workspace, completion=plan)
-        return await self._launch(directive, task, spec, self._route(directive, daemons), owner=None)
+        spec = self._spec(directive, task, "", action.workspace, completion=plan)
+        return await self._launch(directive, task, spec, action.route, owner=None)
 
     # ---- launching ---------------------------------------------------------------------------
 
     async def _launch(
         self, directive: Directive, task: Task, spec: TaskSpec, route: Route | None, owner: dict[str, Any] | None
     ) -> Task:
+        row: Task
         row, _created = await self.store.create_task(task)
         if row.state is not TaskState.PENDING:
             return row  # launched before (this is a re-applied action after a crash or a stale view)
@@ -149,9 +142,10 @@ class TaskDispatcher:
     async def _dispatched(self, row: Task, executor: str, ref: str) -> Task:
         metrics.TASKS_DISPATCHED.labels(kind=row.kind.value, route=executor).inc()
         try:
-            return await self.store.transition(
+            moved: Task = await self.store.transition(
                 row.id, row.version, TaskState.DISPATCHED, executor=executor, executor_ref=ref
             )
+            return moved
         except (VersionConflict, IllegalTransition):
             # The runner was faster than us and already reported; its state wins.
             fresh: Task = await self.store.get_task(row.id)

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="arg-type"
+# (kopf types handler callbacks as full-signature protocols; ours take **kwargs by design.)
 """kopf registration: thin wiring from Kubernetes events to the controller. No logic here.
 
 The reconcile path uses `on.event`, a timer and an index only: none of kopf's

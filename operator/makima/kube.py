@@ -38,11 +38,11 @@ class KubeError(RuntimeError):
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     """A client from KUBECONFIG / ~/.kube/config, or the in-cluster service account."""
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
         return client.ApiClient()
     except config.ConfigException:
         cfg = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
         return client.ApiClient(cfg)
 
 
@@ -52,10 +52,11 @@ def _now() -> str:
 
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
-        self.api = api
-        self.custom = client.CustomObjectsApi(api)
-        self.batch = client.BatchV1Api(api)
-        self.core = client.CoreV1Api(api)
+        # The client's typed models are bypassed on purpose: we speak plain dicts (manifests).
+        self.api: Any = api
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.batch: Any = client.BatchV1Api(api)
+        self.core: Any = client.CoreV1Api(api)
 
     async def _call(self, verb: str, resource: str, fn: Callable[[], T]) -> T:
         metrics.API_CALLS.labels(verb=verb, resource=resource).inc()
@@ -204,6 +205,10 @@ class Kube:
             "reportingInstance": "makima-operator",
         }
         try:
-            await self._call("create", "events", lambda: self.core.create_namespaced_event(meta["namespace"], body))
+            await self._call(
+                "create",
+                "events",
+                lambda: self.core.create_namespaced_event(meta["namespace"], body),
+            )
         except KubeError as exc:
             log.warning("could not emit event %s on %s: %s", reason, meta["name"], exc)

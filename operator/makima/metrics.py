@@ -16,9 +16,7 @@ RECONCILE_SECONDS = Histogram(
     registry=REGISTRY,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
-RECONCILES = Counter(
-    "makima_reconciles_total", "Reconciles by what triggered them.", ["trigger"], registry=REGISTRY
-)
+RECONCILES = Counter("makima_reconciles_total", "Reconciles by what triggered them.", ["trigger"], registry=REGISTRY)
 DIRECTIVES_BY_PHASE = Gauge("makima_directives", "Directives by phase.", ["phase"], registry=REGISTRY)
 STEPS_BY_PHASE = Gauge("makima_steps", "Directive steps by phase.", ["phase"], registry=REGISTRY)
 TASKS_DISPATCHED = Counter(

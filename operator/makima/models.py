@@ -73,9 +73,7 @@ Title = Annotated[str, Field(min_length=1, max_length=MAX_TITLE), AfterValidator
 class Wire(BaseModel):
     """Base: camelCase aliases on the wire, snake_case in Python, unknown fields rejected."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=False
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=False)
 
     def wire(self) -> dict[str, Any]:
         """The JSON-ready camelCase form, without unset optional fields."""

@@ -20,7 +20,7 @@ from .api import ApiDeps, build_app
 from .config import OperatorSettings
 from .controller import Controller, step_view
 from .dispatch import AgentDefaults, TaskDispatcher
-from .executors.daemons import DaemonHub
+from .executors.daemons import DaemonHub, DaemonSettings
 from .executors.jobs import JobDefaults, JobExecutor
 from .handlers import configure, register
 from .kube import Kube, load_config
@@ -55,8 +55,10 @@ async def build(settings: OperatorSettings, stack: AsyncExitStack, kubeconfig: s
     kube = Kube(load_config(kubeconfig))
     hub = DaemonHub(
         store,
-        heartbeat_seconds=settings.daemon_heartbeat_seconds,
-        lost_after_seconds=settings.daemon_lost_after_seconds,
+        DaemonSettings(
+            heartbeat_seconds=settings.daemon_heartbeat_seconds,
+            lost_after_seconds=settings.daemon_lost_after_seconds,
+        ),
     )
     jobs = JobExecutor(
         kube,
@@ -76,11 +78,12 @@ async def build(settings: OperatorSettings, stack: AsyncExitStack, kubeconfig: s
     controller = Controller(kube, store, dispatcher, config, steps_source=lambda key: [], daemons=hub)
 
     async def validate_steps(task: Task, submitted: list[StepSubmission]) -> list[Problem]:
+        # `submitted` holds every step this planning task sent so far plus the new ones.
         existing = [step_view(s) for s in controller.steps_of((task.namespace, task.directive_name))]
-        already = [StepSubmission.model_validate(s) for s in (task.result or {}).get("steps", [])]
-        nodes = [dag.Node(s.name, tuple(s.spec.depends_on), s.spec.order_index, s.spec.generation, s.status.phase)
-                 for s in existing]
-        nodes += [dag.Node(s.name, tuple(s.depends_on), s.order_index, task.generation) for s in already]
+        nodes = [
+            dag.Node(s.name, tuple(s.spec.depends_on), s.spec.order_index, s.spec.generation, s.status.phase)
+            for s in existing
+        ]
         return dag.validate_submission(nodes, submitted, generation=task.generation)
 
     async def on_task_report(task: Task) -> None:

@@ -74,12 +74,12 @@ def _env(task: Task, directive: Directive, defaults: JobDefaults) -> list[dict[s
         for var, key in (("MAKIMA_GIT_TOKEN", "token"), ("MAKIMA_GIT_USERNAME", "username")):
             ref = {"name": creds, "key": key, "optional": key == "username"}
             env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
-    for var in directive.spec.agent.env:
-        if var.secret_key_ref is not None:
-            ref = {"name": var.secret_key_ref.name, "key": var.secret_key_ref.key}
-            env.append({"name": var.name, "valueFrom": {"secretKeyRef": ref}})
+    for item in directive.spec.agent.env:
+        if item.secret_key_ref is not None:
+            sref = {"name": item.secret_key_ref.name, "key": item.secret_key_ref.key}
+            env.append({"name": item.name, "valueFrom": {"secretKeyRef": sref}})
         else:
-            env.append({"name": var.name, "value": var.value or ""})
+            env.append({"name": item.name, "value": item.value or ""})
     return env
 
 
