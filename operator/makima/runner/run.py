@@ -73,9 +73,16 @@ async def run_task(
         token=task_token,
     )
 
+    if spec.kind == TaskKind.COMPLETION:
+        purpose = f"merging the steps of directive '{spec.directive}' into its pull request branch"
+    elif spec.step:
+        purpose = f"preparing the workspace of step '{spec.step}'"
+    else:
+        purpose = "preparing the workspace"
+
     def resolver_for(path: Path) -> ConflictResolver:
         async def resolve(branch: str, into: str, files: list[str]) -> AgentOutcome:
-            prompt = conflict_prompt_for(spec.title, branch, into, files, step=spec.step, directive=spec.directive)
+            prompt = conflict_prompt_for(spec.title, branch, into, files, purpose=purpose)
             return await run_agent(
                 spec.agent, path, prompt, context, rep, mode=MODE_CONFLICT, conflict_files=files, base_env=env
             )

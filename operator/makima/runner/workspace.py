@@ -15,14 +15,13 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from ..prompts import conflict_prompt
 from ..protocol import EventType, WorkspacePlan
 from .agent import AgentOutcome
 from .git import Git, GitError
@@ -206,50 +205,6 @@ async def prepare_workspace(
 # ---- the conflict prompt ----------------------------------------------------------------------
 
 
-def fallback_conflict_prompt(title: str, branch: str, into: str, files: list[str]) -> str:
-    """Used only when `makima.prompts.conflict_prompt` is not available."""
-    listing = "\n".join(f"- {f}" for f in files)
-    return (
-        f"You are resolving a git merge conflict for the task: {title or '(untitled)'}.\n\n"
-        f"The runner is merging branch `{branch}` into `{into}` in this repository and git stopped "
-        f"with conflicts in these files:\n{listing}\n\n"
-        "Resolve every conflict so that both sides' intent is kept: edit each file, remove all "
-        "conflict markers (<<<<<<<, =======, >>>>>>>), and `git add` the resolved files. "
-        "Do not commit, do not abort the merge, do not push and do not change other files: "
-        "the runner commits the merge when you are done. If a conflict cannot be resolved "
-        "sensibly, leave it and exit with a non-zero status.\n"
-    )
-
-
-def conflict_prompt_for(title: str, branch: str, into: str, files: list[str], **extra: Any) -> str:
-    """The shared conflict prompt from `makima.prompts` when present, else the local fallback.
-
-    The shared function is called with whichever of these keyword arguments it accepts:
-    title, branch, merging, into, target, files, conflict_files, paths (+ `extra`).
-    """
-    try:
-        from .. import prompts  # type: ignore[attr-defined, unused-ignore]
-
-        shared = prompts.conflict_prompt
-    except (ImportError, AttributeError):
-        return fallback_conflict_prompt(title, branch, into, files)
-    values: dict[str, Any] = {
-        "title": title,
-        "branch": branch,
-        "merging": branch,
-        "into": into,
-        "target": into,
-        "files": files,
-        "conflict_files": files,
-        "paths": files,
-        **extra,
-    }
-    try:
-        params = inspect.signature(shared).parameters
-        kwargs = {k: v for k, v in values.items() if k in params}
-        text = shared(**kwargs)
-        if isinstance(text, str) and text.strip():
-            return text
-    except (TypeError, ValueError) as exc:
-        log.warning("makima.prompts.conflict_prompt unusable (%s); using the runner's fallback", exc)
-    return fallback_conflict_prompt(title, branch, into, files)
+def conflict_prompt_for(title: str, branch: str, into: str, files: list[str], purpose: str = "") -> str:
+    """The shared conflict prompt (`makima.prompts.conflict_prompt`) for this merge."""
+    return conflict_prompt(target=into, merging=branch, files=files, title=title, purpose=purpose)
