@@ -40,7 +40,7 @@ def _real_endpoint() -> Endpoint:
     from kubernetes import client, config
 
     cfg = client.Configuration()
-    config.load_kube_config(client_configuration=cfg)
+    config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
     ctx: ssl.SSLContext | bool = False
     if cfg.host.startswith("https"):
         ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl else ssl._create_unverified_context()
@@ -126,14 +126,18 @@ class Kube:
         base = f"{group_version}/namespaces/{self.namespace}/{plural}"
         return f"{base}/{name}" if name else base
 
-    async def watch(self, path: str, params: dict[str, str], until: Callable[[list[dict[str, Any]]], bool],
-                    timeout: float = 10) -> list[dict[str, Any]]:
+    async def watch(
+        self, path: str, params: dict[str, str], until: Callable[[list[dict[str, Any]]], bool], timeout: float = 10
+    ) -> list[dict[str, Any]]:
         """Collect watch events until `until(events)` or the server closes the stream."""
         events: list[dict[str, Any]] = []
         url = self.endpoint.url + path
-        async with asyncio.timeout(timeout), self.session.get(
-            url, params={"watch": "true", **params}, headers=self.endpoint.headers, ssl=self.endpoint.ssl
-        ) as rsp:
+        async with (
+            asyncio.timeout(timeout),
+            self.session.get(
+                url, params={"watch": "true", **params}, headers=self.endpoint.headers, ssl=self.endpoint.ssl
+            ) as rsp,
+        ):
             assert rsp.status == 200, await rsp.text()
             async for line in rsp.content:
                 if line.strip():

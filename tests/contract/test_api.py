@@ -35,7 +35,9 @@ async def test_stale_update_conflicts(kube: Kube) -> None:
     assert exc.value.status == 409 and exc.value.body["reason"] == "Conflict"
     # A merge patch naming a resourceVersion is a precondition too.
     with pytest.raises(ApiFailure) as exc:
-        await kube.patch(kube.ns("widgets", "a"), {"metadata": {"resourceVersion": made["metadata"]["resourceVersion"]}})
+        await kube.patch(
+            kube.ns("widgets", "a"), {"metadata": {"resourceVersion": made["metadata"]["resourceVersion"]}}
+        )
     assert exc.value.status == 409
     updated = await kube.put(kube.ns("widgets", "a"), {**fresh, "spec": {**fresh["spec"], "size": 9}})
     assert updated["spec"]["size"] == 9
@@ -44,8 +46,10 @@ async def test_stale_update_conflicts(kube: Kube) -> None:
 async def test_json_patch_test_op(kube: Kube) -> None:
     made = await kube.post(kube.ns("widgets"), widget("a"))
     rv = made["metadata"]["resourceVersion"]
-    ops = [{"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-           {"op": "add", "path": "/metadata/finalizers", "value": ["contract.makima.dev/x"]}]
+    ops = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+        {"op": "add", "path": "/metadata/finalizers", "value": ["contract.makima.dev/x"]},
+    ]
     done = await kube.patch(kube.ns("widgets", "a"), ops, ctype="application/json-patch+json")
     assert done["metadata"]["finalizers"] == ["contract.makima.dev/x"]
     with pytest.raises(ApiFailure) as exc:  # the same test again: rv moved on
@@ -85,8 +89,13 @@ async def test_finalizers_hold_deletion(kube: Kube) -> None:
 
 async def test_cascading_deletion(kube: Kube) -> None:
     owner = await kube.post(kube.ns("widgets"), widget("owner"))
-    ref = {"apiVersion": "contract.makima.dev/v1", "kind": "Widget", "name": "owner",
-           "uid": owner["metadata"]["uid"], "blockOwnerDeletion": True}
+    ref = {
+        "apiVersion": "contract.makima.dev/v1",
+        "kind": "Widget",
+        "name": "owner",
+        "uid": owner["metadata"]["uid"],
+        "blockOwnerDeletion": True,
+    }
     child = {**widget("child"), "metadata": {"name": "child", "ownerReferences": [ref]}}
     await kube.post(kube.ns("widgets"), child)
     cm = {"metadata": {"name": "cm", "ownerReferences": [ref]}, "data": {"a": "b"}}

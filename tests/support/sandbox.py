@@ -56,7 +56,7 @@ async def kopf_operator(
     """
     import kopf
 
-    @kopf.on.login(registry=registry)  # type: ignore[arg-type]
+    @kopf.on.login(registry=registry)
     def _login(**_: Any) -> kopf.ConnectionInfo:
         return kopf.ConnectionInfo(server=url, insecure=True, default_namespace="default")
 

@@ -66,7 +66,9 @@ class Api:
             if parts[:2] == ["openapi", "v3"]:
                 return self._openapi(parts[2:])
             if joined == "openapi/v2":
-                raise ApiError(404, "NotFound", "the sandbox serves /openapi/v3 only")
+                # An empty protobuf Document: clients that fall back to v2 find no schema and
+                # skip client-side validation, as they do for kinds a real server has no schema for.
+                return web.Response(body=b"", content_type="application/com.github.proto-openapi.spec.v2.v1.0+protobuf")
             if parts[0] == "apis" and len(parts) == 2:
                 return self._json_or_404(discovery.api_group(registry, parts[1]))
             if (parts[0] == "apis" and len(parts) == 3) or (parts[0] == "api" and len(parts) == 2):
