@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import kopf
+import pytest
 import yaml
 
 from makima.sandbox import SandboxThread
@@ -14,46 +16,66 @@ from tests.support.sandbox import kopf_operator
 
 from .conftest import MANIFESTS
 
+PROJECT = Path(__file__).parents[2]
+CASES = [
+    pytest.param([MANIFESTS / "widgets-crd.yaml"], MANIFESTS / "widget.yaml", "widgets", "size", 9, id="widget"),
+    pytest.param(
+        sorted((PROJECT / "crds").glob("*.yaml")),
+        PROJECT / "examples" / "directive.yaml",
+        "directives",
+        "title",
+        "x",
+        id="directive",
+        marks=pytest.mark.skipif(not (PROJECT / "examples" / "directive.yaml").exists(), reason="no example"),
+    ),
+]
 
-async def test_kopf_handles_a_custom_object_lifecycle(sandbox: SandboxThread) -> None:
-    sandbox.apply(yaml.safe_load((MANIFESTS / "widgets-crd.yaml").read_text()))
+
+@pytest.mark.parametrize(("crds", "manifest", "plural", "field", "value"), CASES)
+async def test_kopf_handles_a_custom_object_lifecycle(
+    sandbox: SandboxThread, crds: list[Path], manifest: Path, plural: str, field: str, value: Any
+) -> None:
+    for crd in crds:
+        sandbox.apply(_load(crd))
+    body = _load(manifest)
+    group, version = body["apiVersion"].split("/")
+    api, kind, name = body["apiVersion"], body["kind"], body["metadata"]["name"]
     seen: list[str] = []
     registry = kopf.OperatorRegistry()
 
-    @kopf.on.create("contract.makima.dev", "v1", "widgets", registry=registry)
+    @kopf.on.create(group, version, plural, registry=registry)
     async def created(patch: kopf.Patch, **_: Any) -> None:
         seen.append("create")
-        patch.status["phase"] = "Created"
+        patch.status["message"] = "Created"
 
-    @kopf.on.update("contract.makima.dev", "v1", "widgets", registry=registry)
+    @kopf.on.update(group, version, plural, registry=registry)
     async def updated(**_: Any) -> None:
         seen.append("update")
 
-    @kopf.on.delete("contract.makima.dev", "v1", "widgets", registry=registry)
+    @kopf.on.delete(group, version, plural, registry=registry)
     async def deleted(**_: Any) -> None:
         seen.append("delete")
 
     settings = kopf.OperatorSettings()
     settings.watching.server_timeout = 5
     async with kopf_operator(sandbox.url, registry, namespaces=["default"], settings=settings) as records:
-        sandbox.apply(yaml.safe_load((MANIFESTS / "widget.yaml").read_text()))
+        sandbox.apply(body)
         await _until(lambda: "create" in seen)
-        await _until(
-            lambda: (
-                sandbox.get("contract.makima.dev/v1", "Widget", "alpha", "default").get("status", {}).get("phase")
-                == "Created"
-            )
-        )
-        obj = sandbox.get("contract.makima.dev/v1", "Widget", "alpha", "default")
-        obj["spec"]["size"] = 9
+        await _until(lambda: sandbox.get(api, kind, name, "default").get("status", {}).get("message") == "Created")
+        obj = sandbox.get(api, kind, name, "default")
+        obj["spec"][field] = value
         sandbox.apply(obj)
         await _until(lambda: "update" in seen)
-        sandbox.delete("contract.makima.dev/v1", "Widget", "alpha", "default")
+        sandbox.delete(api, kind, name, "default")
         await _until(lambda: "delete" in seen)
-        await _until(lambda: not sandbox.list("contract.makima.dev/v1", "Widget", "default"))
+        await _until(lambda: not sandbox.list(api, kind, "default"))
     problems = [r for r in records if r.levelno >= logging.WARNING]
     assert not problems, [r.getMessage() for r in problems]
     assert seen == ["create", "update", "delete"]
+
+
+def _load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
 
 
 async def _until(check: Any, timeout: float = 10) -> None:

@@ -89,3 +89,18 @@ def test_kubectl_apply_get_describe_delete(sandbox: SandboxThread, tmp_path: Pat
             timeout=30,
         ).stderr
     )
+
+
+PROJECT = Path(__file__).parents[2]
+PROJECT_CRDS = sorted((PROJECT / "crds").glob("*.yaml"))
+DIRECTIVE = PROJECT / "examples" / "directive.yaml"
+
+
+@pytest.mark.skipif(not PROJECT_CRDS or not DIRECTIVE.exists(), reason="crds/ or examples/directive.yaml absent")
+def test_kubectl_with_the_project_crds(sandbox: SandboxThread, tmp_path: Path) -> None:
+    run(sandbox, tmp_path, "apply", "-f", str(PROJECT / "crds"))
+    run(sandbox, tmp_path, "apply", "-f", str(DIRECTIVE))
+    header = run(sandbox, tmp_path, "get", "directives").splitlines()[0].split()
+    assert header == ["NAME", "PHASE", "PROGRESS", "PR", "AGE"]
+    assert "Name:" in run(sandbox, tmp_path, "describe", "directive", "greeter")
+    assert "deleted" in run(sandbox, tmp_path, "delete", "-f", str(DIRECTIVE))
