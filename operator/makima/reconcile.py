@@ -7,13 +7,17 @@ idempotent when re-applied (ids are derived from uids, attempts and generations)
 the order is chosen so that a crash between two actions leaves a state the next decide()
 repairs without losing or doubling work:
 
-    ExpireTask*  →  planning (CreateSteps | PauseDirective | CreatePlanningTask)
+    ExpireTask*  →  planning (CreateSteps | PauseDirective | SetDirectiveStatus + CreatePlanningTask)
     →  MarkStep* (observed outcomes, skips, Pending→Ready)
     →  (DispatchStep, MarkStep Running)*  →  StartCompletion  →  SetDirectiveStatus  →  EmitEvent*
 
-A task row always exists before a status points at it; a status that lags behind the
-store (status.attempts < task.attempt, planGeneration < a planning task's generation) is
-adopted from the store instead of being redone.
+A step's status never points at a task row that does not exist: DispatchStep inserts the
+row before the shell marks the step Running, and a step status that lags behind the store
+(status.attempts < task.attempt) is adopted from the store instead of being redone.
+Planning is the other way round: when decide() creates a planning task, the directive
+status (planningTask, planGeneration, plannedGoalHash) comes *before* CreatePlanningTask,
+because the goal hash a plan was made for is stored nowhere else; a status naming a
+planning task whose row is missing makes the next decide() create that row.
 
 A steady state yields no actions at all: status is emitted only when it differs from the
 current one, and nothing time-relative goes into it.
@@ -150,7 +154,7 @@ class CreatePlanningTask:
     """Insert the planning task row (ON CONFLICT DO NOTHING) and dispatch it on `route`.
 
     The directive status fields planningTask/planGeneration/plannedGoalHash are NOT the
-    shell's business: the SetDirectiveStatus later in the same list carries them.
+    shell's business: the SetDirectiveStatus placed just before this action carries them.
     """
 
     task_id: str
@@ -617,7 +621,12 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
     # 7. status ----------------------------------------------------------------------------------------
     status = _status(d, steps, order, phase, marks, plan, comp, counts, pr_status, waiting_for_daemon, now)
     if status != cur:
-        actions.append(SetDirectiveStatus(status))
+        if plan.created is not None:
+            # status first: a crash before the task row exists leaves a status naming the
+            # task (and the goal hash it plans), and the next decide() creates the row
+            actions.insert(actions.index(plan.created), SetDirectiveStatus(status))
+        else:
+            actions.append(SetDirectiveStatus(status))
     actions.extend(events)
     return actions
 
@@ -721,6 +730,14 @@ def _plan(
             create(1, 1)
         else:
             st.planned = bool(steps)
+        return st
+
+    promised = cur.planning_task
+    if gen == cur.plan_generation and promised is not None and all(t.id != promised for t in planning_tasks):
+        # the status names a planning task whose row was never created (the shell died
+        # between writing the status and inserting the task): create it now
+        if not paused:
+            create(gen, (latest.attempt + 1) if latest is not None else 1)
         return st
 
     if latest is None:
