@@ -31,7 +31,8 @@ CREATE TABLE tasks (
 ) WITH (fillfactor = 80);  -- room for HOT updates (heartbeats touch no indexed column)
 
 CREATE INDEX tasks_by_directive ON tasks (directive_uid, created_at);
-CREATE INDEX tasks_active ON tasks (namespace, heartbeat_at)
+-- Small (active tasks only) and free of heartbeat_at, so heartbeats stay HOT updates.
+CREATE INDEX tasks_active ON tasks (namespace)
     WHERE state IN ('pending', 'dispatched', 'running');
 
 -- Per-task event log: append-only, seq assigned from task_event_seq under its row lock.

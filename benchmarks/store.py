@@ -1,0 +1,124 @@
+"""CAS transitions per second and latency with 1, 8 and 32 concurrent writers.
+
+Runs on a throwaway embedded server with its default (durable) settings, or on
+`--dsn`. Each writer walks its own tasks through pending -> dispatched -> running ->
+succeeded, one compare-and-set `transition` per hop, so every call commits a write.
+
+    python benchmarks/store.py [--seconds 5] [--writers 1 8 32] [--fast] [--dsn DSN]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from makima.store import TaskStore
+from makima.store.embedded import FAST_SETTINGS, EmbeddedPostgres
+from makima.tasks import Task, TaskKind, TaskState
+
+HOPS = (TaskState.DISPATCHED, TaskState.RUNNING, TaskState.SUCCEEDED)
+
+
+def _task() -> Task:
+    return Task(
+        id=str(uuid.uuid4()),
+        kind=TaskKind.STEP,
+        namespace="bench",
+        directive_uid="bench",
+        directive_name="bench",
+        step_uid=str(uuid.uuid4()),
+        step_name="s",
+    )
+
+
+async def _writer(store: TaskStore, deadline: float, latencies: list[float]) -> None:
+    while time.perf_counter() < deadline:
+        task, _ = await store.create_task(_task(), None)
+        version = task.version
+        for state in HOPS:
+            t0 = time.perf_counter()
+            task = await store.transition(task.id, version, state)
+            latencies.append(time.perf_counter() - t0)
+            version = task.version
+
+
+def _server_cpu(server: EmbeddedPostgres | None) -> float:
+    """CPU seconds of the postmaster and its (finished) backends; 0 for an external server."""
+    if server is None:
+        return 0.0
+    pid = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+    proc = psutil.Process(pid)
+    t = proc.cpu_times()
+    live = sum(sum(c.cpu_times()[:2]) for c in proc.children())
+    return float(t.user + t.system + t.children_user + t.children_system + live)
+
+
+Row = tuple[int, float, float, float, float, float]
+
+
+async def run(dsn: str, writers: list[int], seconds: float, server: EmbeddedPostgres | None) -> list[Row]:
+    rows = []
+    for n in writers:
+        store = await TaskStore.connect(dsn, min_size=n, max_size=n)
+        try:
+            await store.migrate()
+            # Warm up connections and prepared statements.
+            await asyncio.gather(*(_writer(store, time.perf_counter() + 0.3, []) for _ in range(n)))
+            latencies: list[float] = []
+            cpu0, srv0 = time.process_time(), _server_cpu(server)
+            start = time.perf_counter()
+            await asyncio.gather(*(_writer(store, start + seconds, latencies) for _ in range(n)))
+            elapsed = time.perf_counter() - start
+            cpu1, srv1 = time.process_time(), _server_cpu(server)
+        finally:
+            await store.close()
+        q = statistics.quantiles(latencies, n=100)
+        # CPU per transition, creates included: a load-independent cost figure.
+        per = 1e6 / len(latencies)
+        rows.append((n, len(latencies) / elapsed, q[49] * 1e3, q[98] * 1e3, (cpu1 - cpu0) * per, (srv1 - srv0) * per))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dsn", default=os.environ.get("MAKIMA_BENCH_DATABASE_URL"))
+    parser.add_argument("--writers", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--fast", action="store_true", help="embedded server with fsync/synchronous_commit off")
+    args = parser.parse_args()
+
+    tmp: str | None = None
+    server: EmbeddedPostgres | None = None
+    dsn = args.dsn
+    if dsn is None:
+        tmp = tempfile.mkdtemp(prefix="makima-bench-")
+        os.chmod(tmp, 0o755)  # the server may run as an unprivileged user
+        server = EmbeddedPostgres(Path(tmp) / "data", settings=FAST_SETTINGS if args.fast else None)
+        dsn = server.start()
+    try:
+        rows = asyncio.run(run(dsn, args.writers, args.seconds, server))
+    finally:
+        if server is not None:
+            server.stop()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    where = "external server" if args.dsn else f"embedded server{' (fast settings)' if args.fast else ''}"
+    load = os.getloadavg()[0]
+    print(f"CAS transitions ({where}, {os.cpu_count()} CPUs, load {load:.1f}, {args.seconds:g} s per row)")
+    print(f"{'writers':>8} {'transitions/s':>14} {'p50 ms':>8} {'p99 ms':>8} {'client µs':>10} {'server µs':>10}")
+    for n, rate, p50, p99, client_us, server_us in rows:
+        print(f"{n:>8} {rate:>14,.0f} {p50:>8.2f} {p99:>8.2f} {client_us:>10.0f} {server_us:>10.0f}")
+
+
+if __name__ == "__main__":
+    main()
