@@ -19,7 +19,7 @@ its running tasks in the hello and keeps them; the hub tells it to cancel any it
 that are no longer active (lost, cancelled, finished) or not its own.
 
 The controller's API: `available(namespace)`, `connected(namespace)`, `get(id)`,
-`is_connected(id)`, `spawn(id, spec, token)`, `cancel(id, task_id)`.
+`is_connected(id)`, `spawn(id, spec, token)`, `cancel(id, task_id)`, `drop(id)`, `close()`.
 """
 
 from __future__ import annotations
@@ -206,6 +206,14 @@ class DaemonHub:
             return False
         return True
 
+    async def drop(self, daemon_id: str, reason: str = "dropped by the operator") -> bool:
+        """Close one daemon's connection (it will reconnect); False if it is not connected."""
+        conn = self._conns.get(daemon_id)
+        if conn is None:
+            return False
+        await conn.ws.close(code=CLOSE_SHUTDOWN, message=reason.encode()[:120])
+        return True
+
     async def close(self) -> None:
         """Close every connection (operator shutdown); daemons reconnect to the next operator."""
         self._closing = True
@@ -249,15 +257,28 @@ class DaemonHub:
             for future in conn.acks.values():
                 if not future.done():
                     future.set_exception(ConnectionError("daemon disconnected"))
+            release: asyncio.Task[bool] | None = None
             if self._conns.get(daemon_id) is conn:
                 del self._conns[daemon_id]
-                with contextlib.suppress(StoreError):
-                    await self.store.release_daemon(daemon_id)
                 log.info("daemon %s/%s (%s) disconnected", hello.namespace, hello.name, daemon_id)
+                # aiohttp may cancel this handler when the peer goes away: release regardless.
+                release = asyncio.create_task(self._release(daemon_id))
+                self._background.add(release)
+                release.add_done_callback(self._background.discard)
             self._gauge()
+            if release is not None:
+                await asyncio.shield(release)
             if not ws.closed:
                 await ws.close()
         return ws
+
+    async def _release(self, daemon_id: str) -> bool:
+        try:
+            await self.store.release_daemon(daemon_id)
+        except StoreError as exc:
+            log.warning("daemon %s: release failed: %s (it will look stale and be expired)", daemon_id, exc)
+            return False
+        return True
 
     async def _read_hello(self, ws: web.WebSocketResponse) -> DaemonHello | None:
         try:
