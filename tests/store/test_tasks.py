@@ -16,11 +16,12 @@ T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
 async def test_create_is_idempotent_and_returns_the_stored_row(store: TaskStore) -> None:
-    task = make_task(merge_branches=["a", "b"], result={"k": [1, 2]})
+    task = make_task(merge_branches=["a", "b"], result={"k": [1, 2]}, spec={"agent": {"image": "x"}})
     row, created = await store.create_task(task, token_hash="h1")
     assert created
     assert row.id == task.id and row.version == 1 and row.state is TaskState.PENDING
     assert row.merge_branches == ["a", "b"] and row.result == {"k": [1, 2]}
+    assert row.spec == {"agent": {"image": "x"}}
     assert row.token_hash == "h1" and row.created_at is not None
     # A restarted operator re-creating the task (even with other values) gets the original.
     again, created = await store.create_task(task.model_copy(update={"branch": "other"}), token_hash="h2")
