@@ -43,9 +43,9 @@ def jsonpath(obj: Any, expr: str) -> Any:
             items = value if isinstance(value, list) else []
             value = next((i for i in items if str(jsonpath(i, "." + key)) == wanted), None)
             rest = rest[filt.end() :]
-        elif idx := re.match(r"^\[(\d+)\]", rest):
+        elif idx := re.match(r"^\[(-?\d+)\]", rest):
             i = int(idx.group(1))
-            value = value[i] if isinstance(value, list) and i < len(value) else None
+            value = value[i] if isinstance(value, list) and -len(value) <= i < len(value) else None
             rest = rest[idx.end() :]
         else:
             return None
@@ -107,7 +107,7 @@ def _builtin_columns(rt: ResourceType) -> list[dict[str, Any]]:
         "pods": [("Status", "string", ".status.phase")],
         "secrets": [("Type", "string", ".type")],
         "jobs": [
-            ("Status", "string", ".status.conditions[0].type"),
+            ("Status", "string", ".status.conditions[-1].type"),
             ("Succeeded", "integer", ".status.succeeded"),
             ("Failed", "integer", ".status.failed"),
         ],
