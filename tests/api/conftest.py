@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from makima.api import ApiDeps, build_app
@@ -97,7 +98,8 @@ class Readiness:
 
 @dataclass
 class Api:
-    client: TestClient
+    client: TestClient[web.Request, web.Application]
+    deps: ApiDeps
     store: TaskStore
     hub: DaemonHub
     reports: ReportRecorder
@@ -175,6 +177,6 @@ async def api(store: TaskStore, daemon_settings: DaemonSettings) -> AsyncIterato
     client = TestClient(server)
     await client.start_server()
     try:
-        yield Api(client=client, store=store, hub=hub, reports=reports, rules=rules, readiness=readiness)
+        yield Api(client=client, deps=deps, store=store, hub=hub, reports=reports, rules=rules, readiness=readiness)
     finally:
         await client.close()

@@ -158,3 +158,18 @@ async def test_fuzzed_paths_queries_and_headers_never_produce_a_500(api: Api, pa
     for url in (f"/v1/tasks/{path}", f"/v1/tasks/{path}/events"):
         resp = await api.client.get(url, params={"since": query, "limit": query}, headers={"Authorization": auth})
         assert resp.status < 500, await resp.text()
+
+
+async def test_api_server_serves_on_an_ephemeral_port(api: Api) -> None:
+    import aiohttp
+
+    from makima.api import ApiServer
+
+    server = ApiServer(api.deps, host="127.0.0.1", port=0)
+    await server.start()
+    try:
+        assert server.port > 0
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{server.port}/healthz") as resp:
+            assert resp.status == 200
+    finally:
+        await server.stop()

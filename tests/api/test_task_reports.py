@@ -253,8 +253,6 @@ async def test_spec_for_returning_none_is_404(api: Api) -> None:
     async def gone(_task: object) -> None:
         return None
 
-    from makima.api.tasks import DEPS_KEY
-
-    api.client.server.app[DEPS_KEY].spec_for = gone
+    api.deps.spec_for = gone
     resp = await api.client.get(f"/v1/tasks/{task.id}", headers=bearer(token))
     assert resp.status == 404 and "no spec" in (await resp.json())["error"]

@@ -225,6 +225,8 @@ class DaemonHub:
 
     async def handle(self, request: web.Request, token: str, verify_token: VerifyDaemonToken) -> web.WebSocketResponse:
         """Serve one daemon connection until it closes. `token` is the bearer token of the upgrade."""
+        if self._closing:
+            raise web.HTTPServiceUnavailable(text="operator shutting down")
         ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE_BYTES, autoping=True)
         await ws.prepare(request)
         hello = await self._read_hello(ws)
