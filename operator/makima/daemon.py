@@ -167,9 +167,10 @@ class Daemon:
                     except DaemonRefused as exc:
                         log.error("operator refused this daemon: %s", exc)
                     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                        log.warning(
-                            "cannot reach the operator at %s: %s", self.config.ws_url, exc or type(exc).__name__
-                        )
+                        reason = str(exc) or type(exc).__name__
+                        log.warning("cannot reach the operator at %s: %s", self.config.ws_url, reason)
+                    except Exception:  # a bug or a garbled answer must not end a daemon meant to run forever
+                        log.exception("connection to the operator failed unexpectedly")
                     if self._stopping.is_set():
                         break
                     delay = backoff_delay(attempt, self.config.backoff_initial, self.config.backoff_max)

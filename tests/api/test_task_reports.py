@@ -256,3 +256,31 @@ async def test_spec_for_returning_none_is_404(api: Api) -> None:
     api.deps.spec_for = gone
     resp = await api.client.get(f"/v1/tasks/{task.id}", headers=bearer(token))
     assert resp.status == 404 and "no spec" in (await resp.json())["error"]
+
+
+async def test_an_unexpected_error_is_a_json_500_and_the_log_holds_no_token(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    task, token = await make_task(api.store)
+
+    async def broken(_task: object) -> None:
+        raise RuntimeError("controller bug")
+
+    api.deps.spec_for = broken
+    resp = await api.client.get(f"/v1/tasks/{task.id}", headers=bearer(token))
+    assert resp.status == 500
+    assert (await resp.json())["error"].startswith("internal error")
+    assert "RuntimeError" in caplog.text and token not in caplog.text
+
+
+async def test_a_failing_fast_path_does_not_fail_the_report(api: Api) -> None:
+    task, token = await make_task(api.store, state=TaskState.RUNNING)
+
+    async def broken(_task: object) -> None:
+        raise RuntimeError("reconcile queue full")
+
+    api.deps.on_task_report = broken
+    resp = await api.client.post(f"/v1/tasks/{task.id}/result", json={"outcome": "succeeded"}, headers=bearer(token))
+    assert resp.status == 200
+    stored = await api.store.get_task(task.id)
+    assert stored is not None and stored.state is TaskState.SUCCEEDED
