@@ -27,17 +27,18 @@ def register(registry: kopf.OperatorRegistry, controller: Controller, *, tick: f
     """Attach the operator's handlers to `registry` (one registry per running operator)."""
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_via_client(**kwargs)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        # kopf and kube.py authenticate with the very same client configuration.
+        return connection_info(controller.kube.api.configuration)
 
-    @kopf.index(*STEPS, registry=registry)
+    @kopf.index(*STEPS, id="steps_by_directive", registry=registry)
     def steps_by_directive(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels.get(naming.LABEL_DIRECTIVE, "")): _plain(body)}
 
     def _bind(steps_by_directive: kopf.Index[Any, Any]) -> None:
         controller.steps_source = lambda key: steps_by_directive.get(key, [])
 
-    @kopf.on.event(*DIRECTIVES, registry=registry)
+    @kopf.on.event(*DIRECTIVES, id="directive_event", registry=registry)
     async def directive_event(
         type: str | None, body: kopf.Body, steps_by_directive: kopf.Index[Any, Any], **_: Any
     ) -> None:
@@ -50,13 +51,13 @@ def register(registry: kopf.OperatorRegistry, controller: Controller, *, tick: f
         if fast_path:
             await controller.trigger(key, "event")
 
-    @kopf.timer(*DIRECTIVES, interval=tick, initial_delay=min(tick, 1.0), registry=registry)
+    @kopf.timer(*DIRECTIVES, id="tick", interval=tick, initial_delay=min(tick, 1.0), registry=registry)
     async def directive_tick(body: kopf.Body, steps_by_directive: kopf.Index[Any, Any], **_: Any) -> None:
         _bind(steps_by_directive)
         key = controller.observe_directive(_plain(body))
         await controller.trigger(key, "timer")
 
-    @kopf.on.event(*STEPS, registry=registry)
+    @kopf.on.event(*STEPS, id="step_event", registry=registry)
     async def step_event(type: str | None, body: kopf.Body, steps_by_directive: kopf.Index[Any, Any], **_: Any) -> None:
         _bind(steps_by_directive)
         if fast_path and type != "DELETED":
@@ -64,7 +65,9 @@ def register(registry: kopf.OperatorRegistry, controller: Controller, *, tick: f
             if directive:
                 await controller.trigger((body.metadata.namespace or "", directive), "event")
 
-    @kopf.on.event("batch", "v1", "jobs", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY}, registry=registry)
+    @kopf.on.event(
+        "batch", "v1", "jobs", id="job_event", labels={naming.LABEL_MANAGED_BY: naming.MANAGED_BY}, registry=registry
+    )
     async def job_event(type: str | None, body: kopf.Body, **_: Any) -> None:
         task_id = (body.metadata.labels or {}).get(naming.LABEL_TASK)
         if not task_id:
@@ -73,10 +76,26 @@ def register(registry: kopf.OperatorRegistry, controller: Controller, *, tick: f
         if outcome is not None:
             await controller.job_finished(task_id, *outcome)
 
-    @kopf.on.delete(*DIRECTIVES, registry=registry)
+    @kopf.on.delete(*DIRECTIVES, id="cancel_tasks", registry=registry)
     async def directive_deleted(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
         cancelled = await controller.cancel_all(body.metadata.namespace or "", body.metadata.uid or "")
         logger.info("cancelled %d running task(s) before deletion", cancelled)
+
+
+def connection_info(cfg: Any) -> kopf.ConnectionInfo:
+    """kopf credentials from a `kubernetes.client.Configuration`."""
+    auth = (cfg.api_key or {}).get("authorization") or (cfg.api_key or {}).get("BearerToken") or ""
+    token = auth.split(" ", 1)[1] if auth.lower().startswith("bearer ") else (auth or None)
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+        username=cfg.username or None,
+        password=cfg.password or None,
+    )
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:

@@ -66,8 +66,6 @@ def _env(task: Task, directive: Directive, defaults: JobDefaults) -> list[dict[s
         {"name": "MAKIMA_API_URL", "value": defaults.api_url},
         {"name": "MAKIMA_TASK_ID", "value": task.id},
         {"name": "MAKIMA_TASK_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": "token"}}},
-        {"name": "HOME", "value": f"{WORKSPACE}/home"},
-        {"name": "TMPDIR", "value": "/tmp"},
     ]
     creds = directive.spec.repository.credentials_secret
     if creds:
@@ -105,7 +103,8 @@ def build_job(task: Task, directive: Directive, owner: dict[str, Any], defaults:
                 "name": "runner",
                 "image": agent.image or defaults.image,
                 "imagePullPolicy": defaults.image_pull_policy,
-                "command": ["makima", "task", "run", "--workdir", f"{WORKSPACE}/repo"],
+                # Relative to workingDir (the workspace emptyDir); HOME=/tmp comes from the image.
+                "command": ["makima", "task", "run", "--workdir", "repo"],
                 "env": _env(task, directive, defaults),
                 "resources": resources,
                 "workingDir": WORKSPACE,

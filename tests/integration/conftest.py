@@ -1,0 +1,218 @@
+"""The operator running for real (kopf, API, store) against the sandbox cluster.
+
+Each test gets a fresh sandbox (a test double of the Kubernetes API, see docs/sandbox.md),
+a fresh PostgreSQL schema and its own operator; the operator does not know it talks to
+the sandbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+
+from makima.config import OperatorSettings
+from makima.crds import all_crds
+from makima.runtime import Operator, run_operator
+from makima.sandbox import Sandbox
+
+GROUP_PATH = "/apis/makima.dev/v1alpha1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Api:
+    """A small raw client of the sandbox for assertions (what kubectl would see)."""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession, namespace: str = "default") -> None:
+        self.url = url
+        self.session = session
+        self.namespace = namespace
+
+    async def request(self, method: str, path: str, body: Any = None, content_type: str | None = None) -> Any:
+        headers = {"Content-Type": content_type} if content_type else {}
+        async with self.session.request(method, self.url + path, json=body, headers=headers) as resp:
+            data = await resp.json()
+            if resp.status >= 400:
+                raise AssertionError(f"{method} {path}: {resp.status} {data}")
+            return data
+
+    def _ns(self, plural: str) -> str:
+        return f"{GROUP_PATH}/namespaces/{self.namespace}/{plural}"
+
+    async def apply_directive(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", self._ns("directives"), manifest)
+        return result
+
+    async def directive(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"{self._ns('directives')}/{name}")
+        return result
+
+    async def patch_directive(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        ctype = "application/merge-patch+json"
+        result: dict[str, Any] = await self.request("PATCH", f"{self._ns('directives')}/{name}", patch, ctype)
+        return result
+
+    async def delete_directive(self, name: str) -> None:
+        await self.request("DELETE", f"{self._ns('directives')}/{name}")
+
+    async def steps(self, directive: str) -> dict[str, dict[str, Any]]:
+        data = await self.request("GET", f"{self._ns('directivesteps')}?labelSelector=makima.dev/directive={directive}")
+        return {i["metadata"]["labels"]["makima.dev/step"]: i for i in data["items"]}
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        data = await self.request("GET", f"/apis/batch/v1/namespaces/{self.namespace}/jobs")
+        items: list[dict[str, Any]] = data["items"]
+        return items
+
+    async def events(self) -> list[dict[str, Any]]:
+        data = await self.request("GET", f"/api/v1/namespaces/{self.namespace}/events")
+        items: list[dict[str, Any]] = data["items"]
+        return items
+
+    async def wait_for(
+        self, name: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60, what: str = ""
+    ) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        obj: dict[str, Any] = {}
+        while asyncio.get_running_loop().time() < deadline:
+            obj = await self.directive(name)
+            if predicate(obj):
+                return obj
+            await asyncio.sleep(0.1)
+        steps = await self.steps(name)
+        summary = {k: v.get("status") for k, v in steps.items()}
+        raise AssertionError(f"timed out waiting for {what or predicate}: status={obj.get('status')} steps={summary}")
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    async with Sandbox(bookmark_interval=2.0) as sb, aiohttp.ClientSession() as session:
+        for crd in all_crds().values():
+            async with session.post(f"{sb.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd) as r:
+                assert r.status == 201, await r.text()
+        yield sb
+
+
+@pytest.fixture
+async def api(sandbox: Sandbox) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(sandbox.url, session)
+
+
+OperatorFactory = Callable[..., Awaitable[Operator]]
+
+
+@pytest.fixture
+async def start_operator(
+    sandbox: Sandbox, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[OperatorFactory]:
+    """Start (and, for restart tests, stop and start again) an operator in this loop."""
+    monkeypatch.setenv("KUBECONFIG", str(sandbox.kubeconfig))
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> Operator:
+        port = free_port()
+        values: dict[str, Any] = {
+            "database_url": pg_dsn,
+            "api_listen": f"127.0.0.1:{port}",
+            "api_url": f"http://127.0.0.1:{port}",
+            "tick_seconds": 15.0,
+            "retry_base_seconds": 0.2,
+            "retry_max_seconds": 1.0,
+            "state_dir": tmp_path / "state",
+        }
+        values.update(overrides)
+        settings = OperatorSettings(**values)
+        stop, ready = asyncio.Event(), asyncio.Event()
+        built: list[Operator] = []
+        task = asyncio.create_task(
+            run_operator(settings, kubeconfig=str(sandbox.kubeconfig), stop_flag=stop, ready_flag=ready,
+                         on_built=built.append)
+        )
+        running.append((stop, task))
+        waiter = asyncio.create_task(ready.wait())
+        done, _ = await asyncio.wait({waiter, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # raises the start-up error
+        assert waiter in done, "operator did not become ready in 30 s"
+        return built[0]
+
+    async def stop_all() -> None:
+        for stop, task in running:
+            stop.set()
+        for _stop, task in running:
+            # kopf ends its own tasks by cancellation when the stop flag is set.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(task, 30)
+        running.clear()
+
+    start.stop_all = stop_all  # type: ignore[attr-defined]
+    yield start
+    await stop_all()
+
+
+def git(*args: str, cwd: Path | None = None) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def origin(tmp_path: Path) -> Path:
+    """A bare repository with one commit on main: the remote the directive works on."""
+    bare = tmp_path / "origin.git"
+    git("init", "--bare", "-b", "main", str(bare))
+    work = tmp_path / "seed"
+    git("clone", str(bare), str(work))
+    (work / "README.md").write_text("# demo project\n")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "-C", str(work), "add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "-C", str(work), "commit", "-m", "initial")
+    git("-C", str(work), "push", "origin", "HEAD:main")
+    return bare
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "directive.yaml"
+
+
+def example_directive(repo: Path, **spec_overrides: Any) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["repository"]["url"] = f"file://{repo}"
+    for key, value in spec_overrides.items():
+        doc["spec"][key] = value
+    return doc
+
+
+def scripted(name: str, repo: Path, script: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """A directive whose agent is the scripted agent running `script`."""
+    body: dict[str, Any] = {
+        "apiVersion": "makima.dev/v1alpha1",
+        "kind": "Directive",
+        "metadata": {"name": name},
+        "spec": {
+            "title": f"test {name}",
+            "goal": f"goal of {name}",
+            "repository": {"url": f"file://{repo}"},
+            "execution": {"mode": "Job", "retries": 1, "stepTimeout": "2m"},
+            "agent": {
+                "command": ["makima", "agent", "scripted"],
+                "env": [{"name": "MAKIMA_AGENT_SCRIPT", "value": yaml.safe_dump(script)}],
+            },
+        },
+    }
+    for key, value in spec.items():
+        if isinstance(value, dict) and isinstance(body["spec"].get(key), dict):
+            body["spec"][key].update(value)
+        else:
+            body["spec"][key] = value
+    return body
