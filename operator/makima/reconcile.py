@@ -84,6 +84,7 @@ class Reason:
     STEP_SKIPPED = "StepSkipped"
     RETRYING = "Retrying"
     TASK_EXPIRED = "TaskExpired"
+    DIRECTIVE_FAILED = "DirectiveFailed"
     COMPLETION_STARTED = "CompletionStarted"
 
 
@@ -620,6 +621,7 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
 
     # 7. status ----------------------------------------------------------------------------------------
     status = _status(d, steps, order, phase, marks, plan, comp, counts, pr_status, waiting_for_daemon, now)
+    events.extend(_outcome_events(cur, status))
     if status != cur:
         if plan.created is not None:
             # status first: a crash before the task row exists leaves a status naming the
@@ -629,6 +631,21 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
             actions.append(SetDirectiveStatus(status))
     actions.extend(events)
     return actions
+
+
+def _outcome_events(cur: DirectiveStatus, new: DirectiveStatus) -> list[EmitEvent]:
+    """One event when the directive reaches Completed or Failed (a person watches for these)."""
+    if new.phase is cur.phase:
+        return []
+    if new.phase is DirectivePhase.COMPLETED:
+        pr = new.pull_request
+        if pr and pr.url:
+            return [EmitEvent("Normal", Reason.PULL_REQUEST_OPENED, f"pull request {pr.url} (branch {pr.branch})")]
+        branch = pr.branch if pr else "the directive branch"
+        return [EmitEvent("Normal", Reason.BRANCH_READY, f"every step merged into {branch}")]
+    if new.phase is DirectivePhase.FAILED:
+        return [EmitEvent("Warning", Reason.DIRECTIVE_FAILED, new.message or "directive failed")]
+    return []
 
 
 def _node(s: StepView, phase: StepPhase) -> dag.Node:
