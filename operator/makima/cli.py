@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from .daemon_cli import app as daemon_app
 from .runner.cli import agent_app, directive_app, task_app
 from .sandbox.cli import app as sandbox_app
 from .store.cli import app as db_app
@@ -13,6 +14,7 @@ from .store.cli import app as db_app
 app = typer.Typer(no_args_is_help=True, help="makima: turn a written goal into a merged pull request.")
 app.add_typer(sandbox_app, name="sandbox", help="Local Kubernetes API stand-in (a test double).")
 app.add_typer(db_app, name="db", help="Task store (PostgreSQL) administration.")
+app.add_typer(daemon_app, name="daemon", help="Run a task daemon, or manage daemon tokens.")
 app.add_typer(task_app, name="task", help="Run a task (inside a Job pod or a daemon).")
 app.add_typer(agent_app, name="agent", help="Built-in agents (the scripted agent for tests and demos).")
 app.add_typer(directive_app, name="directive", help="Task-side directive commands (planner, completion).")

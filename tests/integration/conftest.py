@@ -139,8 +139,9 @@ async def start_operator(
         stop, ready = asyncio.Event(), asyncio.Event()
         built: list[Operator] = []
         task = asyncio.create_task(
-            run_operator(settings, kubeconfig=str(sandbox.kubeconfig), stop_flag=stop, ready_flag=ready,
-                         on_built=built.append)
+            run_operator(
+                settings, kubeconfig=str(sandbox.kubeconfig), stop_flag=stop, ready_flag=ready, on_built=built.append
+            )
         )
         running.append((stop, task))
         waiter = asyncio.create_task(ready.wait())
@@ -151,7 +152,7 @@ async def start_operator(
         return built[0]
 
     async def stop_all() -> None:
-        for stop, task in running:
+        for stop, _task in running:
             stop.set()
         for _stop, task in running:
             # kopf ends its own tasks by cancellation when the stop flag is set.

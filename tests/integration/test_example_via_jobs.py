@@ -24,8 +24,14 @@ async def test_example_directive_completes_with_a_pull_request(
     # The PR branch holds every step's file; each step ran exactly once, as a Job.
     clone = tmp_path / "check"
     git("clone", "-q", "-b", pr["branch"], str(origin), str(clone))
-    for path in ("greeter/__init__.py", "greeter/core.py", "greeter/__main__.py", "tests/test_greeter.py",
-                 "docs/greeter.md", "CHANGELOG.md"):
+    for path in (
+        "greeter/__init__.py",
+        "greeter/core.py",
+        "greeter/__main__.py",
+        "tests/test_greeter.py",
+        "docs/greeter.md",
+        "CHANGELOG.md",
+    ):
         assert (clone / path).exists(), path
     steps = await api.steps("greeter")
     assert {s["status"]["attempts"] for s in steps.values()} == {1}

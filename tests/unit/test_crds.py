@@ -39,9 +39,9 @@ def structural_problems(node: Any, path: str = "") -> list[str]:
             for banned in ("type", "default", "nullable", "description", "additionalProperties"):
                 if banned in sub:
                     problems.append(f"{path}.{key}[{i}]: {banned} inside {key}")
-    if node.get("type") == "object" and not node.get("properties") and "additionalProperties" not in node:
-        if not preserve and path not in (".metadata",):
-            problems.append(f"{path}: object with no properties must preserve unknown fields")
+    bare_object = node.get("type") == "object" and not node.get("properties") and "additionalProperties" not in node
+    if bare_object and not preserve and path not in (".metadata",):
+        problems.append(f"{path}: object with no properties must preserve unknown fields")
     for name, sub in node.get("properties", {}).items():
         problems += structural_problems(sub, f"{path}.{name}")
     if isinstance(node.get("items"), dict):

@@ -7,12 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.unit.sim import T0, directive, step
-from tests.unit.test_reconcile import CFG, planned
 
 from makima import prompts
 from makima.models import StepPhase
 from makima.reconcile import CreatePlanningTask, DispatchStep, Snapshot, decide
+from tests.unit.sim import T0, directive, step
+from tests.unit.test_reconcile import CFG, planned
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE = os.environ.get("MAKIMA_UPDATE_SNAPSHOTS") == "1"

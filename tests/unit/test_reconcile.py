@@ -6,7 +6,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from tests.unit.sim import T0, World, directive, step, subs_wire, task
 
 from makima import naming
 from makima.models import DirectivePhase, DirectiveStatus, PullRequestStatus, StepPhase, TaskRef
@@ -30,6 +29,7 @@ from makima.reconcile import (
     decide,
 )
 from makima.tasks import Task, TaskKind, TaskState
+from tests.unit.sim import T0, World, directive, step, subs_wire, task
 
 P = StepPhase
 CFG = ReconcileConfig()

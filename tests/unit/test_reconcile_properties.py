@@ -8,12 +8,12 @@ from datetime import timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tests.unit.sim import World, directive
 
 from makima import naming
 from makima.models import DirectivePhase, StepPhase
 from makima.protocol import StepSubmission
 from makima.reconcile import DispatchStep, MarkStep, ReconcileConfig, decide
+from tests.unit.sim import World, directive
 
 CFG = ReconcileConfig()
 P = StepPhase
