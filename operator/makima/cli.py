@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from .daemon_cli import app as daemon_app
+from .demo import demo as demo_command
+from .people_cli import register as register_people_commands
 from .runner.cli import agent_app, directive_app, task_app
 from .sandbox.cli import app as sandbox_app
 from .store.cli import app as db_app
@@ -61,6 +63,10 @@ def operator_(
     settings = OperatorSettings(**overrides)  # type: ignore[arg-type]
     setup_logging(json_logs=settings.log_json)
     asyncio.run(run_operator(settings, kubeconfig=kubeconfig))
+
+
+app.command("demo")(demo_command)
+register_people_commands(app)
 
 
 def main() -> None:
