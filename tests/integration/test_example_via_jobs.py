@@ -45,3 +45,21 @@ async def test_example_directive_completes_with_a_pull_request(
             break
         await asyncio.sleep(0.1)
     assert {"Planned", "StepStarted", "StepSucceeded", "PullRequestOpened"} <= set(reasons), reasons
+
+    assert_calls_have_rbac_rules()
+
+
+def assert_calls_have_rbac_rules() -> None:
+    """The Kubernetes calls kube.py made (counted by the operator) all have a rule in OPERATOR_RULES."""
+    from makima.kube_calls import OPERATOR_RULES
+    from makima.metrics import API_CALLS
+
+    allowed = {(resource, verb) for _group, resource, verbs in OPERATOR_RULES for verb in verbs}
+    made = {
+        (s.labels["resource"], s.labels["verb"])
+        for metric in API_CALLS.collect()
+        for s in metric.samples
+        if s.name.endswith("_total") and s.value > 0
+    }
+    assert made <= allowed, f"calls without an RBAC rule: {sorted(made - allowed)}"
+    assert {("jobs", "create"), ("secrets", "create"), ("directivesteps/status", "patch")} <= made
