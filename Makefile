@@ -35,6 +35,7 @@ e2e: install
 crds: install
 	$(VENV)/bin/makima crds --out crds/
 	cp crds/*.yaml charts/makima/crds/
+	$(VENV)/bin/makima crds --reference > docs/crd-reference.md
 
 bench: install
 	$(PY) benchmarks/store.py

@@ -25,11 +25,14 @@ app.add_typer(directive_app, name="directive", help="Task-side directive command
 @app.command()
 def crds(
     out: Path | None = typer.Option(None, help="Write one file per CRD into this directory instead."),
+    reference: bool = typer.Option(False, "--reference", help="Print the CRD reference (Markdown) instead."),
 ) -> None:
     """Print the CustomResourceDefinitions generated from the models."""
-    from .crds import render_all, write_all
+    from .crds import reference_markdown, render_all, write_all
 
-    if out is None:
+    if reference:
+        typer.echo(reference_markdown(), nl=False)
+    elif out is None:
         typer.echo(render_all(), nl=False)
     else:
         for path in write_all(out):
