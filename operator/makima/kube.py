@@ -212,3 +212,157 @@ class Kube:
             )
         except KubeError as exc:
             log.warning("could not emit event %s on %s: %s", reason, meta["name"], exc)
+
+
+# ---- the people CLI (`makima get/describe/retry/pause/resume`) ------------------------------
+
+# What a person's kubeconfig needs for the people CLI, as RBAC rules (same shape as
+# `kube_calls.OPERATOR_RULES`); `makima logs` needs none of them beyond `get`.
+USER_RULES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("makima.dev", "directives", ("get", "list", "patch")),  # get, describe; pause/resume patch spec.paused
+    ("makima.dev", "directivesteps", ("get", "list")),
+    ("makima.dev", "directivesteps/status", ("patch",)),  # retry
+    ("", "events", ("list",)),  # describe
+]
+
+RETRYABLE_STEP_PHASES = ("Failed", "Skipped")
+
+
+def context_namespace(kubeconfig: str | None = None) -> str:
+    """The namespace of the kubeconfig's current context, else the pod's, else "default"."""
+    try:
+        _, active = config.list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+        namespace = (active or {}).get("context", {}).get("namespace")
+        if namespace:
+            return str(namespace)
+    except (config.ConfigException, OSError):
+        pass
+    try:
+        with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+            return f.read().strip() or "default"
+    except OSError:
+        return "default"
+
+
+class UserKube:
+    """Synchronous reads and writes for the people CLI, with the person's own credentials.
+
+    Separate from `Kube` (the operator's gateway, whose calls are the operator's RBAC list):
+    these calls are the ones in `USER_RULES`. Errors are `KubeError`; "not found" is None.
+    """
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api: Any = api
+        self.custom: Any = client.CustomObjectsApi(api)
+        self.core: Any = client.CoreV1Api(api)
+
+    @classmethod
+    def from_kubeconfig(cls, kubeconfig: str | None = None) -> UserKube:
+        return cls(load_config(kubeconfig))
+
+    def close(self) -> None:
+        self.api.close()
+
+    @staticmethod
+    def _call(fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except ApiException as exc:
+            raise KubeError(exc.status or 0, _api_message(exc)) from exc
+
+    def _get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            obj: dict[str, Any] = self._call(
+                lambda: self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
+            )
+            return obj
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def list_directives(self, namespace: str) -> list[dict[str, Any]]:
+        result: dict[str, Any] = self._call(
+            lambda: self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES)
+        )
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    def get_directive(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(DIRECTIVES, namespace, name)
+
+    def list_steps(self, namespace: str, directive: str) -> list[dict[str, Any]]:
+        from .naming import LABEL_DIRECTIVE
+
+        result: dict[str, Any] = self._call(
+            lambda: self.custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, STEPS, label_selector=f"{LABEL_DIRECTIVE}={directive}"
+            )
+        )
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items
+
+    def list_events(self, namespace: str, name: str, kind: str | None = None) -> list[dict[str, Any]]:
+        """core/v1 Events whose involvedObject is `name` (and `kind`, when given), as dicts."""
+        selector = f"involvedObject.name={name}"
+        if kind:
+            selector += f",involvedObject.kind={kind}"
+        result = self._call(lambda: self.core.list_namespaced_event(namespace, field_selector=selector))
+        items: list[dict[str, Any]] = self.api.sanitize_for_serialization(result).get("items", [])
+        return items
+
+    def set_paused(self, namespace: str, name: str, paused: bool) -> dict[str, Any] | None:
+        """Merge-patch `spec.paused`; None when the directive does not exist."""
+        try:
+            obj: dict[str, Any] = self._call(
+                lambda: self.custom.patch_namespaced_custom_object(
+                    GROUP, VERSION, namespace, DIRECTIVES, name, {"spec": {"paused": paused}}
+                )
+            )
+            return obj
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def retry_step(self, namespace: str, name: str, attempts: int = 3) -> dict[str, Any] | None:
+        """Move a Failed or Skipped step back to Pending; returns the new object, or None when
+        the step is (no longer) Failed/Skipped or gone.
+
+        Clears `message`, `nextAttemptAt` and `finishedAt`; keeps `attempts` (task ids derive
+        from (step uid, attempt), so attempts only go up) and `task` (its log stays readable).
+        The patch carries the resourceVersion it was decided on: if the operator wrote the
+        step in between (409), it is re-read and decided again.
+        """
+        for _ in range(attempts):
+            step = self._get(STEPS, namespace, name)
+            if step is None or (step.get("status") or {}).get("phase") not in RETRYABLE_STEP_PHASES:
+                return None
+            patch = {
+                "metadata": {"resourceVersion": step["metadata"]["resourceVersion"]},
+                "status": {"phase": "Pending", "message": None, "nextAttemptAt": None, "finishedAt": None},
+            }
+            try:
+                obj: dict[str, Any] = self._call(
+                    lambda body=patch: self.custom.patch_namespaced_custom_object_status(  # type: ignore[misc]
+                        GROUP, VERSION, namespace, STEPS, name, body
+                    )
+                )
+                return obj
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+        raise KubeError(409, f"step {name} kept changing; try again")
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's own message (Status.message) when there is one, else the reason."""
+    import json
+
+    try:
+        body = json.loads(exc.body or "")
+        if isinstance(body, dict) and body.get("message"):
+            return str(body["message"])
+    except ValueError:
+        pass
+    return str(exc.reason)

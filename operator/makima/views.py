@@ -85,7 +85,10 @@ def format_duration(seconds: float | None) -> str:
 
 def age(created: Any, now: datetime) -> str:
     start = parse_time(created)
-    return format_duration((now - start).total_seconds()) if start else "-"
+    if start is None:
+        return "-"
+    seconds = (now - start).total_seconds()
+    return "0s" if seconds < 1 else format_duration(seconds)
 
 
 def step_duration(step: Mapping[str, Any], now: datetime) -> str:

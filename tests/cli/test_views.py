@@ -172,7 +172,7 @@ def test_describe() -> None:
             },
         ],
     )
-    events = [
+    events: list[dict[str, Any]] = [
         {
             "type": "Warning",
             "reason": "StepFailed",

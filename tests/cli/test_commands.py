@@ -1,0 +1,448 @@
+"""The people commands (`makima get/describe/retry/pause/resume/logs`) against the sandbox
+cluster (a test double of the Kubernetes API) and, for `logs`, the real operator API
+(`makima.api.build_app`) on a real PostgreSQL store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+from kubernetes import client
+from typer.testing import CliRunner, Result
+
+from makima.api import ApiDeps, build_app
+from makima.cli import app
+from makima.crds import all_crds
+from makima.executors.daemons import DaemonHub, DaemonSettings
+from makima.kube import load_config
+from makima.sandbox import SandboxThread
+from makima.store import TaskStore
+from makima.tasks import TaskState
+from tests.api.conftest import fixed_spec, make_task
+
+GROUP, VERSION = "makima.dev", "v1alpha1"
+READER_TOKEN = "reader-token-for-tests-0123456789"
+
+
+class Cluster:
+    """The sandbox with our CRDs, plus helpers that write objects as the operator would."""
+
+    def __init__(self, sandbox: SandboxThread) -> None:
+        self.sandbox = sandbox
+        self.api = load_config(str(sandbox.kubeconfig))
+        self.custom: Any = client.CustomObjectsApi(self.api)
+        for crd in all_crds().values():
+            sandbox.apply(crd)
+
+    def run(self, *args: str, env: dict[str, str] | None = None) -> Result:
+        return CliRunner().invoke(
+            app, [*args, "--kubeconfig", str(self.sandbox.kubeconfig)], env={"COLUMNS": "200", **(env or {})}
+        )
+
+    def directive(self, name: str, status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+        self.sandbox.apply(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Directive",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {
+                    "title": f"Title of {name}",
+                    "goal": "Do the thing.",
+                    "repository": {"url": "https://git.example/repo.git"},
+                    **spec,
+                },
+            }
+        )
+        if status:
+            self.set_status("directives", name, status)
+        return self.get("directives", name)
+
+    def step(
+        self, directive: str, name: str, order: int = 0, depends_on: tuple[str, ...] = (), **status: Any
+    ) -> dict[str, Any]:
+        obj_name = f"{directive}-{name}"
+        self.sandbox.apply(
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "DirectiveStep",
+                "metadata": {
+                    "name": obj_name,
+                    "namespace": "default",
+                    "labels": {"makima.dev/directive": directive, "makima.dev/step": name},
+                },
+                "spec": {
+                    "directive": directive,
+                    "title": name.title(),
+                    "dependsOn": list(depends_on),
+                    "orderIndex": order,
+                },
+            }
+        )
+        if status:
+            self.set_status("directivesteps", obj_name, status)
+        return self.get("directivesteps", obj_name)
+
+    def set_status(self, plural: str, name: str, status: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, "default", plural, name, {"status": status})
+
+    def get(self, plural: str, name: str) -> dict[str, Any]:
+        obj: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, "default", plural, name)
+        return obj
+
+    def event(self, kind: str, name: str, reason: str, message: str, type_: str = "Normal") -> None:
+        self.sandbox.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{name}.{reason.lower()}", "namespace": "default"},
+                "involvedObject": {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind, "name": name},
+                "type": type_,
+                "reason": reason,
+                "message": message,
+                "lastTimestamp": "2025-03-01T11:00:00Z",
+                "count": 1,
+            }
+        )
+
+
+@pytest.fixture
+def cluster(sandbox: SandboxThread) -> Iterator[Cluster]:
+    c = Cluster(sandbox)
+    yield c
+    c.api.close()  # type: ignore[no-untyped-call]
+
+
+# ---- get -----------------------------------------------------------------------------------
+
+
+def test_get_lists_directives_with_phase_progress_and_pr(cluster: Cluster) -> None:
+    cluster.directive(
+        "add-search",
+        status={"phase": "Completed", "progress": "3/3", "pullRequest": {"url": "https://git.example/pull/7"}},
+    )
+    cluster.directive("fix-login", status={"phase": "Executing", "progress": "1/4"}, paused=True)
+    result = cluster.run("get")
+    assert result.exit_code == 0, result.output
+    header, *rows = result.output.splitlines()
+    assert header.split() == ["NAME", "TITLE", "PHASE", "PROGRESS", "PR", "AGE"]
+    assert rows[0].split()[:1] + rows[0].split()[4:7] == [
+        "add-search",
+        "Completed",
+        "3/3",
+        "https://git.example/pull/7",
+    ]
+    assert "Executing (paused)" in rows[1] and "1/4" in rows[1]
+    assert cluster.run("get", "directives").output == result.output
+
+
+def test_get_empty_namespace(cluster: Cluster) -> None:
+    result = cluster.run("get", "-n", "nowhere")
+    assert result.exit_code == 0
+    assert 'No directives in namespace "nowhere"' in result.output
+
+
+def test_get_directive_shows_the_step_tree(cluster: Cluster) -> None:
+    cluster.directive("diamond", status={"phase": "Executing", "progress": "1/4"})
+    cluster.step("diamond", "a", attempts=1, phase="Succeeded", branch="makima/step-a-1")
+    cluster.step("diamond", "b", depends_on=("a",), phase="Running", attempts=1)
+    cluster.step("diamond", "c", depends_on=("a",), phase="Ready")
+    cluster.step("diamond", "d", order=1, depends_on=("b", "c"))
+    result = cluster.run("get", "directive", "diamond")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("diamond  Title of diamond")
+    assert "phase Executing  progress 1/4" in lines[1]
+    assert [line.lstrip("│├└─ ").split()[:2] for line in lines[2:]] == [
+        ["phase", "0"],
+        ["a", "Succeeded"],
+        ["b", "Running"],
+        ["c", "Ready"],
+        ["phase", "1"],
+        ["d", "Pending"],
+    ]
+    assert "Succeeded  attempts 1" in lines[3] and "makima/step-a-1" in lines[3]
+    assert lines[-1].rstrip().endswith("← b, c")
+    assert cluster.run("get", "diamond").output == result.output  # the kind word is optional
+
+
+def test_get_watch_redraws_until_interrupted(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster.directive("w1", status={"phase": "Executing", "progress": "0/1"})
+    cluster.step("w1", "only", phase="Running", attempts=1)
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 1:  # between the two draws the step finishes
+            cluster.set_status("directivesteps", "w1-only", {"phase": "Succeeded"})
+            cluster.set_status("directives", "w1", {"phase": "Completed", "progress": "1/1"})
+        else:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("makima.people_cli.time.sleep", sleep)
+    result = cluster.run("get", "directive", "w1", "--watch", "--interval", "0.5")
+    assert result.exit_code == 0, result.output
+    assert sleeps == [0.5, 0.5]
+    assert "phase Completed  progress 1/1" in result.output
+    assert "only  Succeeded" in result.output
+
+
+def test_unknown_directive_is_a_clear_error(cluster: Cluster) -> None:
+    for command in (["get", "directive", "nope"], ["describe", "nope"], ["pause", "nope"], ["retry", "nope"]):
+        result = cluster.run(*command)
+        assert result.exit_code == 1, command
+        assert 'directive "nope" not found in namespace "default"' in result.output
+        assert "Traceback" not in result.output
+
+
+def test_unreachable_cluster_is_a_clear_error(tmp_path: Any) -> None:
+    from makima.sandbox.server import kubeconfig_text
+
+    kubeconfig = tmp_path / "config"
+    kubeconfig.write_text(kubeconfig_text("http://127.0.0.1:9"))
+    result = CliRunner().invoke(app, ["get", "--kubeconfig", str(kubeconfig)])
+    assert result.exit_code == 1
+    assert "cannot reach the Kubernetes API" in result.output
+
+
+# ---- pause / resume ------------------------------------------------------------------------
+
+
+def test_pause_and_resume_flip_spec_paused(cluster: Cluster) -> None:
+    cluster.directive("d1")
+    result = cluster.run("pause", "d1")
+    assert result.exit_code == 0 and "directive/d1 paused" in result.output
+    assert cluster.get("directives", "d1")["spec"]["paused"] is True
+    result = cluster.run("resume", "d1", "-n", "default")
+    assert result.exit_code == 0 and "directive/d1 resumed" in result.output
+    assert cluster.get("directives", "d1")["spec"]["paused"] is False
+
+
+# ---- retry ---------------------------------------------------------------------------------
+
+
+def test_retry_moves_failed_and_skipped_steps_to_pending_keeping_attempts(cluster: Cluster) -> None:
+    cluster.directive("r1", status={"phase": "Failed"})
+    task = {"id": "6f1c1a1e-0000-5000-8000-000000000001", "executor": "job", "name": "makima-x"}
+    cluster.step("r1", "ok", phase="Succeeded", attempts=1, finishedAt="2025-03-01T11:00:00Z")
+    cluster.step(
+        "r1",
+        "bad",
+        phase="Failed",
+        attempts=3,
+        task=task,
+        message="agent exited 2",
+        startedAt="2025-03-01T11:00:00Z",
+        finishedAt="2025-03-01T11:01:00Z",
+        nextAttemptAt="2025-03-01T11:02:00Z",
+    )
+    cluster.step("r1", "after", order=1, depends_on=("bad",), phase="Skipped", message="dependency bad Failed")
+    result = cluster.run("retry", "r1")
+    assert result.exit_code == 0, result.output
+    assert "step bad: Failed -> Pending" in result.output
+    assert "step after: Skipped -> Pending" in result.output
+    assert "2 step(s) back to Pending" in result.output
+
+    bad = cluster.get("directivesteps", "r1-bad")["status"]
+    assert bad["phase"] == "Pending" and bad["attempts"] == 3 and bad["task"] == task
+    assert not {"message", "nextAttemptAt", "finishedAt"} & set(bad)
+    assert cluster.get("directivesteps", "r1-after")["status"]["phase"] == "Pending"
+    assert cluster.get("directivesteps", "r1-ok")["status"]["phase"] == "Succeeded"
+
+    again = cluster.run("retry", "r1")
+    assert again.exit_code == 0 and "no Failed or Skipped steps to retry" in again.output
+
+
+def test_retry_a_named_step_only(cluster: Cluster) -> None:
+    cluster.directive("r2")
+    cluster.step("r2", "x", phase="Failed", attempts=1)
+    cluster.step("r2", "y", phase="Failed", attempts=2)
+    result = cluster.run("retry", "r2", "--step", "y")
+    assert result.exit_code == 0, result.output
+    assert cluster.get("directivesteps", "r2-x")["status"]["phase"] == "Failed"
+    y = cluster.get("directivesteps", "r2-y")["status"]
+    assert (y["phase"], y["attempts"]) == ("Pending", 2)
+    unknown = cluster.run("retry", "r2", "--step", "zz")
+    assert unknown.exit_code == 1 and "directive r2 has no step zz" in unknown.output
+
+
+def test_retry_refuses_a_stale_decision(cluster: Cluster) -> None:
+    """The status patch carries the resourceVersion it was decided on (a write in between is a 409)."""
+    from makima.kube import UserKube
+
+    cluster.directive("r3")
+    cluster.step("r3", "x", phase="Failed", attempts=1)
+    kube = UserKube(cluster.api)
+    stale = cluster.get("directivesteps", "r3-x")
+    cluster.set_status("directivesteps", "r3-x", {"phase": "Failed", "attempts": 1, "message": "changed"})
+    with pytest.raises(Exception) as info:
+        cluster.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            "default",
+            "directivesteps",
+            "r3-x",
+            {"metadata": {"resourceVersion": stale["metadata"]["resourceVersion"]}, "status": {"phase": "Pending"}},
+        )
+    assert getattr(info.value, "status", None) == 409
+    # UserKube.retry_step re-reads and decides again
+    assert kube.retry_step("default", "r3-x") is not None
+    cluster.set_status("directivesteps", "r3-x", {"phase": "Running"})
+    assert kube.retry_step("default", "r3-x") is None  # no longer Failed: left alone
+
+
+# ---- describe ------------------------------------------------------------------------------
+
+
+def test_describe_shows_conditions_steps_and_events(cluster: Cluster) -> None:
+    cluster.directive(
+        "desc",
+        status={
+            "phase": "Failed",
+            "message": "step build Failed after 3 attempts",
+            "conditions": [
+                {
+                    "type": "Planned",
+                    "status": "True",
+                    "reason": "StepsCreated",
+                    "message": "2 steps",
+                    "lastTransitionTime": "2025-03-01T11:00:00Z",
+                },
+                {
+                    "type": "Ready",
+                    "status": "False",
+                    "reason": "StepFailed",
+                    "message": "step build failed",
+                    "lastTransitionTime": "2025-03-01T11:05:00Z",
+                },
+            ],
+        },
+    )
+    cluster.step("desc", "build", phase="Failed", attempts=3, message="agent exited 2")
+    cluster.event("Directive", "desc", "Planned", "2 steps planned")
+    cluster.event("DirectiveStep", "desc-build", "StepFailed", "build: agent exited 2", type_="Warning")
+    cluster.event("Directive", "someone-else", "Planned", "not ours")
+    result = cluster.run("describe", "desc")
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "Phase         Failed" in out and "step build Failed after 3 attempts" in out
+    assert "Planned  True    StepsCreated" in out and "Ready    False   StepFailed" in out
+    assert "build  Failed" in out and "attempts 3" in out
+    assert "Normal   Planned" in out and "2 steps planned" in out
+    assert "Warning  StepFailed" in out and "DirectiveStep/desc-build" in out
+    assert "not ours" not in out
+    with_kind = cluster.run("describe", "directive", "desc")
+    assert with_kind.exit_code == 0 and with_kind.output.splitlines()[:3] == out.splitlines()[:3]
+
+
+# ---- logs (real operator API, real store) ---------------------------------------------------
+
+
+class _NoCallbacks:
+    async def __call__(self, *args: Any) -> Any:
+        return [] if len(args) == 2 and isinstance(args[1], list) else None
+
+
+@contextlib.asynccontextmanager
+async def operator_api(store: TaskStore) -> AsyncIterator[str]:
+    deps = ApiDeps(
+        store=store,
+        hub=DaemonHub(store, DaemonSettings()),
+        spec_for=fixed_spec,
+        validate_steps=_NoCallbacks(),
+        on_task_report=_NoCallbacks(),
+        verify_daemon_token=_NoCallbacks(),
+        reader_token=READER_TOKEN,
+    )
+    server = TestServer(build_app(deps), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+def logs_env(url: str, token: str = READER_TOKEN) -> dict[str, str]:
+    return {"MAKIMA_API_URL": url, "MAKIMA_READER_TOKEN": token}
+
+
+async def test_logs_prints_output_lines_and_other_events(cluster: Cluster, store: TaskStore) -> None:
+    task, _ = await make_task(store, state=TaskState.RUNNING)
+    await store.append_events(
+        task.id,
+        [
+            ("progress", {"message": "cloning"}),
+            ("output", {"source": "agent", "stream": "stdout", "lines": ["hello", "[not markup] world"]}),
+            ("result", {"outcome": "succeeded"}),
+        ],
+    )
+    cluster.directive("lg", status={"phase": "Executing"})
+    cluster.step("lg", "build", phase="Succeeded", attempts=1, task={"id": task.id})
+    async with operator_api(store) as url:
+        result = await asyncio.to_thread(cluster.run, "logs", "lg", "--step", "build", env=logs_env(url))
+        assert result.exit_code == 0, result.output
+        assert result.output.splitlines() == [
+            '[progress] {"message": "cloning"}',
+            "hello",
+            "[not markup] world",
+            '[result] {"outcome": "succeeded"}',
+        ]
+        # the only step that has run is the default
+        default = await asyncio.to_thread(cluster.run, "logs", "lg", env=logs_env(url))
+        assert default.output == result.output
+        since = await asyncio.to_thread(cluster.run, "logs", "lg", "--since", "2", env=logs_env(url))
+        assert since.output.splitlines() == ['[result] {"outcome": "succeeded"}']
+
+        wrong = await asyncio.to_thread(cluster.run, "logs", "lg", env=logs_env(url, "not-the-reader-token"))
+        assert wrong.exit_code == 1
+        assert "refused the reader token" in wrong.output and "not-the-reader-token" not in wrong.output
+
+    missing = cluster.run("logs", "lg", env={"MAKIMA_READER_TOKEN": ""})
+    assert missing.exit_code == 1 and "set MAKIMA_READER_TOKEN" in missing.output
+    down = cluster.run("logs", "lg", env=logs_env("http://127.0.0.1:9"))
+    assert down.exit_code == 1 and "cannot reach the operator API" in down.output
+    nostep = cluster.run("logs", "lg", "--step", "nope", env=logs_env("http://127.0.0.1:9"))
+    assert nostep.exit_code == 1 and "has no step nope (steps: build)" in nostep.output
+
+
+async def test_logs_planning_task(cluster: Cluster, store: TaskStore) -> None:
+    from makima.tasks import TaskKind
+
+    task, _ = await make_task(store, kind=TaskKind.PLANNING, state=TaskState.SUCCEEDED)
+    await store.append_events(task.id, [("output", {"lines": ["planned 3 steps"]})])
+    cluster.directive("pl", status={"phase": "Executing", "planningTask": task.id})
+    async with operator_api(store) as url:
+        result = await asyncio.to_thread(cluster.run, "logs", "pl", "--planning", env=logs_env(url))
+    assert result.exit_code == 0, result.output
+    assert result.output == "planned 3 steps\n"
+
+
+async def test_logs_follow_until_the_step_ends_across_a_retry(cluster: Cluster, store: TaskStore) -> None:
+    first, _ = await make_task(store, state=TaskState.RUNNING)
+    second, _ = await make_task(store, state=TaskState.RUNNING)
+    await store.append_events(first.id, [("output", {"lines": ["attempt one"]})])
+    cluster.directive("fw", status={"phase": "Executing"})
+    cluster.step("fw", "build", phase="Running", attempts=1, task={"id": first.id})
+    async with operator_api(store) as url:
+        follow = asyncio.create_task(
+            asyncio.to_thread(cluster.run, "logs", "fw", "--step", "build", "-f", env=logs_env(url))
+        )
+        await asyncio.sleep(0.8)
+        await store.append_events(first.id, [("output", {"lines": ["attempt one failed"]})])
+        await asyncio.sleep(0.8)
+        cluster.set_status("directivesteps", "fw-build", {"phase": "Running", "attempts": 2, "task": {"id": second.id}})
+        await asyncio.sleep(0.8)
+        await store.append_events(second.id, [("output", {"lines": ["attempt two"]})])
+        assert not follow.done()
+        cluster.set_status("directivesteps", "fw-build", {"phase": "Succeeded"})
+        result = await asyncio.wait_for(follow, 10)
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "attempt one",
+        "attempt one failed",
+        f"--- step build, attempt 2 (task {second.id}) ---",
+        "attempt two",
+    ]
