@@ -1,0 +1,3 @@
+from hello import __version__
+
+print(f"hello-project {__version__}")
