@@ -122,9 +122,9 @@ def _split_kind(kind_or_name: str | None, name: str | None) -> str | None:
 
 def get(
     kind_or_name: Annotated[
-        str | None, typer.Argument(metavar="[directive] [NAME]", help="`directive NAME` or just NAME.")
+        str | None, typer.Argument(metavar="directive", help="`directive NAME` or just NAME.")
     ] = None,
-    name: Annotated[str | None, typer.Argument(hidden=True)] = None,
+    name: Annotated[str | None, typer.Argument(metavar="NAME", hidden=True)] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Redraw live until Ctrl-C.")] = False,
     interval: Annotated[float, typer.Option(help="Seconds between redraws with --watch.", min=0.2)] = 1.0,
     namespace: Namespace = None,
@@ -155,8 +155,8 @@ def get(
 
 
 def describe(
-    kind_or_name: Annotated[str, typer.Argument(metavar="[directive] NAME", help="Directive name.")],
-    name: Annotated[str | None, typer.Argument(hidden=True)] = None,
+    kind_or_name: Annotated[str, typer.Argument(metavar="directive|NAME", help="`directive NAME` or just NAME.")],
+    name: Annotated[str | None, typer.Argument(metavar="NAME", hidden=True)] = None,
     events: Annotated[int, typer.Option(help="How many recent events to show.", min=0)] = 20,
     namespace: Namespace = None,
     kubeconfig: Kubeconfig = None,
