@@ -219,18 +219,21 @@ class ClusterClient:
         items: list[dict[str, Any]] = data.get("items", [])
         return items
 
-    def replace_directive(self, namespace: str, body: dict[str, Any], wait: float = 60.0) -> dict[str, Any]:
-        """Create the directive; an existing one of that name is deleted first (and waited for)."""
+    def replace_directive(self, namespace: str, body: dict[str, Any], wait: float = 60.0) -> bool:
+        """Create the directive; an existing one of that name is deleted first (and waited for).
+
+        Returns whether one was replaced."""
         name = body["metadata"]["name"]
-        if self.directive(namespace, name) is not None:
+        existed = self.directive(namespace, name) is not None
+        if existed:
             self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES, name)
             deadline = time.monotonic() + wait
             while self.directive(namespace, name) is not None:
                 if time.monotonic() > deadline:
                     raise DemoError(f"directive {namespace}/{name} still exists {wait:.0f} s after deleting it")
                 time.sleep(0.2)
-        obj: dict[str, Any] = self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES, body)
-        return obj
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES, body)
+        return existed
 
 
 # -- pieces started for the local demo ------------------------------------------------------
@@ -574,7 +577,6 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoRes
     """The quickstart; returns the exit code with what was observed (tests look at it)."""
     console = console or Console()
     live = console.is_terminal if opts.live is None else opts.live
-    opts.state_dir.mkdir(parents=True, exist_ok=True)
     log_path = opts.state_dir / "operator.log"
     started = time.monotonic()
     example = yaml.safe_load(opts.example.read_text()) if opts.example.is_file() else None
@@ -598,6 +600,7 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoRes
                 )
             finally:
                 client.close()
+        opts.state_dir.mkdir(parents=True, exist_ok=True)
         console.print(f"state dir {opts.state_dir}; operator log {log_path}", highlight=False)
         with logs_to_file(log_path):
             with Stages(console).stage(f"bare repository {opts.state_dir / 'origin.git'} (seeded from {opts.seed})"):
@@ -635,7 +638,8 @@ async def _apply_and_watch(
     started: float,
 ) -> DemoResult:
     name = body["metadata"]["name"]
-    await asyncio.to_thread(client.replace_directive, opts.namespace, body)
+    if await asyncio.to_thread(client.replace_directive, opts.namespace, body):
+        console.print(f"deleted the earlier directive {opts.namespace}/{name} first", highlight=False)
     console.print(
         f"applied {opts.example.name}: {opts.namespace}/{name} on {body['spec']['repository']['url']}",
         highlight=False,
@@ -648,9 +652,7 @@ async def _apply_and_watch(
     phase = (directive.get("status") or {}).get("phase")
     if timed_out or phase != "Completed":
         why = (
-            f"no Completed phase within {opts.timeout:.0f} s (--timeout)"
-            if timed_out
-            else f"the directive ended {phase}"
+            f"no Completed phase within {opts.timeout:g} s (--timeout)" if timed_out else f"the directive ended {phase}"
         )
         print_failure(console, directive, steps, why)
         return DemoResult(1, directive, steps, repo, elapsed)
@@ -678,7 +680,9 @@ def demo(
         False, "--cluster", help="Use the cluster KUBECONFIG points at (chart installed); start nothing locally."
     ),
     repo_url: str | None = typer.Option(
-        None, help="With --cluster: a git repository URL the cluster's Jobs can reach (required there)."
+        None,
+        help="With --cluster (required there): a git repository the cluster's Jobs can reach and push to "
+        "(https/ssh; give spec.repository.credentialsSecret in the example for a private one).",
     ),
     database_url: str | None = typer.Option(
         None, help="Use this PostgreSQL DSN instead of the demo's embedded server (tests pass theirs)."
