@@ -5,7 +5,8 @@ daemon token, says hello (name, labels, capacity, tasks it is still running), an
 - on `SpawnTask`: adds the task to its running set and acks (or refuses when full),
   then runs it exactly like a Job pod does — `run_task` in a fresh workspace under the
   work dir, events and the result posted to the HTTP API with that task's own token;
-- sends a `DaemonHeartbeat` with its running task ids every `heartbeat_seconds`;
+- sends a `DaemonHeartbeat` with its running task ids every `heartbeat_seconds`, and at
+  once when a task ends (so the operator sees the free slot);
 - on `CancelTask`: cancels that task's asyncio task (which kills the agent process).
 
 Losing the socket does not stop running tasks: they report over HTTP, not over the
@@ -290,6 +291,15 @@ class Daemon:
             self.tasks.pop(spec.task_id, None)
             if not self.config.keep_workspaces:
                 await asyncio.to_thread(shutil.rmtree, workdir, True)
+            await self._beat_now()  # the slot is free: say so now, not at the next periodic beat
+
+    async def _beat_now(self) -> None:
+        if self._ws is None or self._ws.closed:
+            return
+        try:
+            await self._send(DaemonHeartbeat(running=self.running))
+        except (ConnectionError, RuntimeError) as exc:
+            log.debug("heartbeat not sent: %s", exc)
 
     def _cancel(self, task_id: str) -> None:
         task = self.tasks.get(task_id)

@@ -230,6 +230,8 @@ async def post_result(request: web.Request) -> web.Response:
     else:
         raise _conflict(task.id)
     metrics.TASK_REPORTS.labels(report="result").inc()
+    if task.executor == "daemon":
+        deps.hub.task_finished(task.executor_ref, task.id)  # before the fast path routes new work
     await _notify(deps, task)
     return web.json_response({"accepted": True})
 

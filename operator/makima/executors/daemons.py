@@ -19,7 +19,9 @@ its running tasks in the hello and keeps them; the hub tells it to cancel any it
 that are no longer active (lost, cancelled, finished) or not its own.
 
 The controller's API: `available(namespace)`, `connected(namespace)`, `get(id)`,
-`is_connected(id)`, `spawn(id, spec, token)`, `cancel(id, task_id)`, `drop(id)`, `close()`.
+`is_connected(id)`, `spawn(id, spec, token)`, `cancel(id, task_id)`, `drop(id)`, `close()`;
+the task API calls `task_finished(id, task_id)` when a daemon task's result is accepted,
+so its slot is free at once (not only after the daemon's next heartbeat).
 """
 
 from __future__ import annotations
@@ -99,6 +101,7 @@ class _Connection:
     running: set[str] = field(default_factory=set)  # as the daemon last reported, plus accepted spawns
     reserved: set[str] = field(default_factory=set)  # spawns awaiting their ack
     owned: set[str] = field(default_factory=set)  # tasks whose heartbeat this daemon may refresh
+    finished: set[str] = field(default_factory=set)  # reported terminal; no longer counted as load
     acks: dict[str, asyncio.Future[SpawnAck]] = field(default_factory=dict)
     send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -194,6 +197,19 @@ class DaemonHub:
             return True
         log.info("daemon %s refused task %s: %s", daemon_id, task_id, ack.reason or "no reason given")
         return False
+
+    def task_finished(self, daemon_id: str | None, task_id: str) -> None:
+        """A task of this daemon ended (its result was accepted): its slot is free now.
+
+        Without this the slot stays taken until the daemon's next heartbeat, and a
+        reconcile triggered by that very result would see the daemon full.
+        """
+        conn = self._conns.get(daemon_id) if daemon_id else None
+        if conn is None:
+            return
+        conn.running.discard(task_id)
+        conn.owned.discard(task_id)
+        conn.finished.add(task_id)
 
     async def cancel(self, daemon_id: str, task_id: str) -> bool:
         """Ask the daemon to stop `task_id` (kill its agent); False if it is not connected."""
@@ -350,7 +366,10 @@ class DaemonHub:
 
     async def _heartbeat(self, conn: _Connection, beat: DaemonHeartbeat) -> None:
         now = self.clock()
-        conn.running = set(beat.running)
+        reported = set(beat.running)
+        # A beat sent before a result was accepted must not take the freed slot back.
+        conn.finished &= reported
+        conn.running = reported - conn.finished
         in_flight = len(conn.running | conn.reserved)
         if not await self.store.daemon_heartbeat(conn.id, in_flight, now):
             # Released meanwhile (e.g. marked stale by the controller) while the socket lived: re-register.

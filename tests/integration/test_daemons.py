@@ -1,0 +1,183 @@
+"""The daemon path end to end: kopf + API + store + a real `makima daemon run` process.
+
+The operator runs in-process against the sandbox cluster (see conftest); the daemon is a
+real subprocess connected over the WebSocket with the namespace's daemon token (Secret
+`makima-daemon-token`), running the real runner and the scripted agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from makima.daemon_cli import daemon_token_secret
+from makima.runtime import Operator
+from makima.tasks import Task, TaskState
+
+from .conftest import Api, OperatorFactory, git, scripted
+
+MAKIMA = str(Path(sys.executable).with_name("makima"))
+DAEMON_TOKEN = "daemon-token-of-default-0123456789"
+
+# A diamond: b and c start from a, d merges b and c.
+DIAMOND: dict[str, Any] = {
+    "plan": [
+        {"name": "a", "title": "base module", "orderIndex": 0},
+        {"name": "b", "title": "left", "dependsOn": ["a"], "orderIndex": 1},
+        {"name": "c", "title": "right", "dependsOn": ["a"], "orderIndex": 1},
+        {"name": "d", "title": "join", "dependsOn": ["b", "c"], "orderIndex": 2},
+    ],
+    "steps": {
+        "a": {"files": {"pkg/__init__.py": '"""pkg"""\n', "pkg/base.py": "BASE = 1\n"}},
+        "b": {"files": {"pkg/left.py": "from pkg.base import BASE\nLEFT = BASE + 1\n"}, "delete": ["README.md"]},
+        "c": {"files": {"pkg/right.py": "RIGHT = 3\n", "docs/right.md": "# right\n"}},
+        "d": {"files": {"pkg/join.py": "from pkg.left import LEFT\nfrom pkg.right import RIGHT\n"}},
+    },
+}
+
+
+def seed_origin(path: Path) -> Path:
+    """A bare repository with one commit on main (same content every time)."""
+    git("init", "-q", "--bare", "-b", "main", str(path))
+    work = path.with_suffix(".seed")
+    git("clone", "-q", str(path), str(work))
+    (work / "README.md").write_text("# demo project\n")
+    (work / "setup.cfg").write_text("[metadata]\nname = demo\n")
+    ident = ("-c", "user.name=t", "-c", "user.email=t@t")
+    git(*ident, "-C", str(work), "add", ".")
+    git(*ident, "-C", str(work), "commit", "-q", "-m", "initial")
+    git("-C", str(work), "push", "-q", "origin", "HEAD:main")
+    return path
+
+
+async def create_daemon_token(api: Api, token: str = DAEMON_TOKEN) -> None:
+    await api.request("POST", f"/api/v1/namespaces/{api.namespace}/secrets", daemon_token_secret(api.namespace, token))
+
+
+async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await predicate():
+        assert loop.time() < deadline, f"timed out waiting for {what or predicate}"
+        await asyncio.sleep(0.05)
+
+
+class DaemonProcess:
+    """`makima daemon run` as a real subprocess (SIGKILL-able)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, name: str, log: Path) -> None:
+        self.proc = proc
+        self.name = name
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+
+@asynccontextmanager
+async def daemon_process(
+    op: Operator, tmp_path: Path, name: str, capacity: int, labels: dict[str, str] | None = None
+) -> AsyncIterator[DaemonProcess]:
+    log = tmp_path / f"daemon-{name}.log"
+    args = ["daemon", "run", "--api-url", op.api_url, "--namespace", "default", "--name", name]
+    args += ["--capacity", str(capacity), "--work-dir", str(tmp_path / f"work-{name}")]
+    for k, v in (labels or {}).items():
+        args += ["--label", f"{k}={v}"]
+    # The agent (`makima agent scripted`) is found on PATH, as on a developer's machine.
+    path = os.pathsep.join([str(Path(MAKIMA).parent), os.environ.get("PATH", "/usr/bin:/bin")])
+    env = {**os.environ, "PATH": path, "MAKIMA_DAEMON_TOKEN": DAEMON_TOKEN}
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(MAKIMA, *args, env=env, stdout=out, stderr=subprocess.STDOUT)
+    daemon = DaemonProcess(proc, name, log)
+    try:
+        await until(
+            lambda: _connected(op, name, daemon), timeout=20, what=f"daemon {name} to connect\n{daemon.output()}"
+        )
+        yield daemon
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 10)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+async def _connected(op: Operator, name: str, daemon: DaemonProcess) -> bool:
+    if daemon.proc.returncode is not None:
+        raise AssertionError(f"daemon {name} exited with {daemon.proc.returncode}:\n{daemon.output()}")
+    return any(v.name == name for v in op.hub.connected("default"))
+
+
+def finished(d: dict[str, Any]) -> bool:
+    return d.get("status", {}).get("phase") in ("Completed", "Failed", "Paused")
+
+
+async def tasks_of(op: Operator, api: Api, name: str) -> list[Task]:
+    uid = (await api.directive(name))["metadata"]["uid"]
+    tasks: list[Task] = await op.store.tasks_for_directive(uid)
+    return tasks
+
+
+def trees(origin: Path, branches: dict[str, str]) -> dict[str, str]:
+    return {key: git("-C", str(origin), "rev-parse", f"{branch}^{{tree}}") for key, branch in branches.items()}
+
+
+async def run_diamond(api: Api, op: Operator, origin: Path, mode: str) -> tuple[dict[str, str], list[Task]]:
+    """Run the diamond directive in `mode`; the tree of every step branch and of the PR branch."""
+    name = f"diamond-{mode.lower()}"
+    await api.apply_directive(scripted(name, origin, DIAMOND, execution={"mode": mode, "maxParallelSteps": 3}))
+    done = await api.wait_for(name, finished, timeout=60, what=f"{name} to finish")
+    assert done["status"]["phase"] == "Completed", done["status"]
+    steps = await api.steps(name)
+    branches = {step: obj["status"]["branch"] for step, obj in steps.items()}
+    branches["pull-request"] = done["status"]["pullRequest"]["branch"]
+    return trees(origin, branches), await tasks_of(op, api, name)
+
+
+async def test_same_branches_via_jobs_and_via_a_daemon(
+    api: Api, start_operator: OperatorFactory, tmp_path: Path
+) -> None:
+    op = await start_operator()
+    await create_daemon_token(api)
+
+    async with daemon_process(op, tmp_path, "laptop", capacity=4):
+        # Side by side: `mode: Job` ignores the connected daemon, `mode: Daemon` uses only it.
+        (via_jobs, job_tasks), (via_daemon, daemon_tasks) = await asyncio.gather(
+            run_diamond(api, op, seed_origin(tmp_path / "jobs.git"), "Job"),
+            run_diamond(api, op, seed_origin(tmp_path / "daemon.git"), "Daemon"),
+        )
+
+    # Every task (planning, four steps, completion) ran once, on the executor its mode asks for.
+    assert sorted(t.kind.value for t in job_tasks) == sorted(t.kind.value for t in daemon_tasks)
+    assert len(job_tasks) == 6
+    assert {(t.executor, t.state, t.attempt) for t in job_tasks} == {("job", TaskState.SUCCEEDED, 1)}
+    assert {(t.executor, t.state, t.attempt) for t in daemon_tasks} == {("daemon", TaskState.SUCCEEDED, 1)}
+    daemon_ids = {t.executor_ref for t in daemon_tasks}
+    assert len(daemon_ids) == 1 and daemon_ids != {None}
+    assert len(await api.jobs()) == 6, "the daemon run created Jobs"
+
+    # Same content everywhere: each step branch and the PR branch have identical trees.
+    assert via_jobs.keys() == {"a", "b", "c", "d", "pull-request"}
+    assert via_jobs == via_daemon
+    # ... and they are the diamond's, not trivially equal: d holds everything, as does the PR.
+    assert len({via_jobs[s] for s in "abcd"}) == 4
+    assert via_jobs["d"] == via_jobs["pull-request"]
+    files = git("-C", str(tmp_path / "daemon.git"), "ls-tree", "-r", "--name-only", via_daemon["pull-request"])
+    assert files.split() == [
+        "docs/right.md",
+        "pkg/__init__.py",
+        "pkg/base.py",
+        "pkg/join.py",
+        "pkg/left.py",
+        "pkg/right.py",
+        "setup.cfg",
+    ]
