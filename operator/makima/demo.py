@@ -83,6 +83,33 @@ class DemoError(RuntimeError):
     """Something the person can fix (missing git, no CRD on the cluster, ...)."""
 
 
+class Interrupted(DemoError):
+    """Ctrl-C (or SIGTERM) while the demo ran: everything it started is stopped."""
+
+
+@contextlib.contextmanager
+def interrupts() -> Iterator[asyncio.Event]:
+    """An event set by SIGINT/SIGTERM while inside.
+
+    kopf installs its own SIGINT handler (it would stop the operator and leave the demo
+    puzzled); ours, installed after it, lets the demo stop everything in order instead.
+    """
+    event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, event.set)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+            pass
+    try:
+        yield event
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
 @dataclass
 class DemoOptions:
     state_dir: Path = DEFAULT_STATE_DIR
@@ -427,11 +454,15 @@ def render(directive: dict[str, Any], steps: list[dict[str, Any]]) -> Renderable
     return directive_tree(directive, steps, now)
 
 
+def _phase(directive: dict[str, Any]) -> str:
+    status = directive.get("status") or {}
+    return f"{status.get('phase', 'Pending')} {status.get('progress', '')}".strip()
+
+
 def _changes(seen: dict[str, str], directive: dict[str, Any], steps: list[dict[str, Any]], elapsed: float) -> list[str]:
     """Lines for what changed since the last poll (the view when the console is not a terminal)."""
     lines = []
-    status = directive.get("status") or {}
-    key = f"{status.get('phase', 'Pending')} {status.get('progress', '')}".strip()
+    key = _phase(directive)
     if seen.get("") != key:
         seen[""] = key
         lines.append(f"[{elapsed:5.1f}s] directive {directive['metadata']['name']}: {key}")
@@ -451,6 +482,7 @@ async def watch(
     console: Console,
     live: bool,
     operator_task: asyncio.Task[None] | None = None,
+    interrupted: asyncio.Event | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]], bool]:
     """Poll the directive and its steps until a terminal phase or the timeout; (directive, steps, timed_out)."""
     loop = asyncio.get_running_loop()
@@ -463,9 +495,11 @@ async def watch(
         if view is not None:
             stack.enter_context(view)
         while True:
+            if interrupted is not None and interrupted.is_set():
+                raise Interrupted(f"interrupted while the directive was {_phase(directive)}")
             if operator_task is not None and operator_task.done():
                 exc = None if operator_task.cancelled() else operator_task.exception()
-                raise DemoError(f"the operator stopped unexpectedly: {exc!r}")
+                raise DemoError(f"the operator stopped unexpectedly: {exc!r}" if exc else "the operator stopped")
             current = await asyncio.to_thread(client.directive, namespace, name)
             directive = current or directive
             steps = await asyncio.to_thread(client.steps, namespace, name)
@@ -518,6 +552,7 @@ def kubectl_lines(kubeconfig: Path | None, namespace: str, name: str) -> list[st
         f"kubectl get directives{ns}",
         f"kubectl get dstep{ns} -l {LABEL_DIRECTIVE}={name}",
         f"kubectl describe directive{ns} {name}",
+        f"makima get directive{ns} {name}    # the step tree, as above",
     ]
 
 
@@ -551,26 +586,16 @@ def load_example(path: Path, repo_url: str) -> dict[str, Any]:
     return doc
 
 
-async def _keep_running(console: Console, kubeconfig: Path, namespace: str, name: str) -> None:
+async def _keep_running(
+    console: Console, kubeconfig: Path, namespace: str, name: str, interrupted: asyncio.Event
+) -> None:
     console.rule("[bold]the sandbox and the operator keep running")
     console.print("In another shell:", highlight=False)
     for line in kubectl_lines(kubeconfig, namespace, name):
         console.print(f"  {line}", highlight=False)
     console.print("Press Ctrl-C to stop them.", highlight=False)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
-        pass
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(Exception):
-                loop.remove_signal_handler(sig)
-        console.print("stopping…", highlight=False)
+    await interrupted.wait()
+    console.print("stopping…", highlight=False)
 
 
 async def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoResult:
@@ -595,9 +620,10 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoRes
             try:
                 console.print(f"cluster {client.host} (KUBECONFIG), namespace {opts.namespace}", highlight=False)
                 await asyncio.to_thread(client.check_crds)
-                return await _apply_and_watch(
-                    opts, console, client, body, live, local_path(opts.repo_url), None, None, started
-                )
+                with interrupts() as interrupted:
+                    return await _apply_and_watch(
+                        opts, console, client, body, live, local_path(opts.repo_url), None, None, interrupted, started
+                    )
             finally:
                 client.close()
         opts.state_dir.mkdir(parents=True, exist_ok=True)
@@ -607,18 +633,31 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoRes
                 repo = await asyncio.to_thread(create_origin, opts.state_dir / "origin.git", opts.seed, base)
             body = load_example(opts.example, f"file://{repo}")
             async with local_stack(opts, console) as run:
-                client = await asyncio.to_thread(ClusterClient, str(run.kubeconfig))
-                try:
-                    result = await _apply_and_watch(
-                        opts, console, client, body, live, repo, run.kubeconfig, run.operator_task, started
-                    )
-                finally:
-                    client.close()
-                if result.exit_code != 0:
-                    console.print(f"operator log: {log_path}", highlight=False)
-                elif opts.keep:
-                    await _keep_running(console, run.kubeconfig, opts.namespace, name)
-                return result
+                with interrupts() as interrupted:
+                    client = await asyncio.to_thread(ClusterClient, str(run.kubeconfig))
+                    try:
+                        result = await _apply_and_watch(
+                            opts,
+                            console,
+                            client,
+                            body,
+                            live,
+                            repo,
+                            run.kubeconfig,
+                            run.operator_task,
+                            interrupted,
+                            started,
+                        )
+                    finally:
+                        client.close()
+                    if result.exit_code != 0:
+                        console.print(f"operator log: {log_path}", highlight=False)
+                    elif opts.keep:
+                        await _keep_running(console, run.kubeconfig, opts.namespace, name, interrupted)
+                    return result
+    except Interrupted as exc:
+        console.print(f"makima demo: {exc}; stopped what it started", highlight=False)
+        return DemoResult(130)
     except DemoError as exc:
         console.print(f"[bold red]makima demo:[/] {exc}", highlight=False)
         if not opts.cluster:
@@ -635,6 +674,7 @@ async def _apply_and_watch(
     repo: Path | None,
     kubeconfig: Path | None,
     operator_task: asyncio.Task[None] | None,
+    interrupted: asyncio.Event | None,
     started: float,
 ) -> DemoResult:
     name = body["metadata"]["name"]
@@ -646,7 +686,7 @@ async def _apply_and_watch(
     )
     applied = time.monotonic()
     directive, steps, timed_out = await watch(
-        client, opts.namespace, name, opts.timeout, console, live, operator_task=operator_task
+        client, opts.namespace, name, opts.timeout, console, live, operator_task=operator_task, interrupted=interrupted
     )
     elapsed = time.monotonic() - applied
     phase = (directive.get("status") or {}).get("phase")
