@@ -132,9 +132,9 @@ class Condition(Wire):
     type: str = Field(min_length=1, max_length=316, pattern=r"^[A-Za-z0-9]([A-Za-z0-9_.\-/]*[A-Za-z0-9])?$")
     status: ConditionStatus
     reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
-    message: str = Field(default="", max_length=32768)
-    last_transition_time: datetime
-    observed_generation: int | None = Field(default=None, ge=0)
+    message: str = Field(default="", max_length=32768, description="Human-readable detail of the last transition.")
+    last_transition_time: datetime = Field(description="When the status of this condition last changed.")
+    observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation this was based on.")
 
 
 class SecretKeyRef(Wire):
@@ -158,7 +158,13 @@ class ResourceRequirements(Wire):
 
 class Repository(Wire):
     url: str = Field(min_length=1, max_length=2048, description="Git URL of the repository (https, ssh or file).")
-    base_branch: str = Field(default="main", min_length=1, max_length=255, pattern=r"^[^\s~^:?*\[\\]+$")
+    base_branch: str = Field(
+        default="main",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[^\s~^:?*\[\\]+$",
+        description="Branch the work starts from and the pull request targets.",
+    )
     credentials_secret: DnsLabel | None = Field(
         default=None, description="Secret in the directive's namespace holding `token` (and optional `username`)."
     )
@@ -169,31 +175,37 @@ class Agent(Wire):
     command: list[str] | None = Field(
         default=None, max_length=64, description="Agent command; the prompt arrives on stdin."
     )
-    env: list[EnvVar] = Field(default_factory=list, max_length=128)
-    resources: ResourceRequirements | None = None
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=128, description="Extra environment for the agent (values or Secret refs)."
+    )
+    resources: ResourceRequirements | None = Field(default=None, description="Resources of the agent's Job pod.")
 
 
 class Execution(Wire):
-    mode: ExecutionMode = ExecutionMode.AUTO
+    mode: ExecutionMode = Field(
+        default=ExecutionMode.AUTO, description="Auto: a free daemon, else a Job. Job or Daemon: only that."
+    )
     daemon_selector: dict[str, str] | None = Field(default=None, description="Labels a daemon must carry.")
-    max_parallel_steps: int = Field(default=4, ge=1, le=64)
+    max_parallel_steps: int = Field(default=4, ge=1, le=64, description="Steps running at the same time.")
     step_timeout: Duration = Field(default="1h", description='Per attempt, e.g. "30m", "2h".')
     retries: int = Field(default=2, ge=0, le=10, description="Extra attempts after the first failure.")
 
 
 class PullRequest(Wire):
-    enabled: bool = True
-    draft: bool = False
+    enabled: bool = Field(default=True, description="Open a pull request when every step succeeded.")
+    draft: bool = Field(default=False, description="Open it as a draft.")
 
 
 class DirectiveSpec(Wire):
-    title: Title
-    goal: str = Field(min_length=1, max_length=MAX_GOAL)
-    repository: Repository
-    agent: Agent = Field(default_factory=Agent)
-    execution: Execution = Field(default_factory=Execution)
-    paused: bool = False
-    pull_request: PullRequest = Field(default_factory=PullRequest)
+    title: Title = Field(description="Short name, used as the pull request's title.")
+    goal: str = Field(
+        min_length=1, max_length=MAX_GOAL, description="What should be true when done; editing it re-plans."
+    )
+    repository: Repository = Field(description="The git repository to work on.")
+    agent: Agent = Field(default_factory=Agent, description="The coding agent; defaults from the operator.")
+    execution: Execution = Field(default_factory=Execution, description="Routing, parallelism, timeouts, retries.")
+    paused: bool = Field(default=False, description="Stop dispatching new tasks; running ones finish.")
+    pull_request: PullRequest = Field(default_factory=PullRequest, description="Pull request settings.")
 
     @field_validator("goal")
     @classmethod
@@ -217,19 +229,23 @@ class PullRequestStatus(Wire):
 
 
 class DirectiveStatus(Wire):
-    phase: DirectivePhase = DirectivePhase.PENDING
-    conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: int | None = None
-    plan_generation: int = Field(default=0, ge=0)
-    planned_goal_hash: str | None = None
-    planning_task: str | None = None
-    completion_task: str | None = None
-    steps: StepCounts = Field(default_factory=StepCounts)
-    progress: str | None = None
-    pull_request: PullRequestStatus | None = None
-    started_at: datetime | None = None
-    completed_at: datetime | None = None
-    message: str | None = None
+    phase: DirectivePhase = Field(default=DirectivePhase.PENDING, description="Where the directive stands.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, Planning, Progressing, Completed, Failed."
+    )
+    observed_generation: int | None = Field(default=None, description="metadata.generation last reconciled.")
+    plan_generation: int = Field(
+        default=0, ge=0, description="Generation of the current plan (1, then +1 per re-plan)."
+    )
+    planned_goal_hash: str | None = Field(default=None, description="Hash of the goal the current plan was made for.")
+    planning_task: str | None = Field(default=None, description="Id of the current planning task.")
+    completion_task: str | None = Field(default=None, description="Id of the current completion task.")
+    steps: StepCounts = Field(default_factory=StepCounts, description="Steps by phase.")
+    progress: str | None = Field(default=None, description='Succeeded / total steps, e.g. "3/7".')
+    pull_request: PullRequestStatus | None = Field(default=None, description="The pull request and its branch.")
+    started_at: datetime | None = Field(default=None, description="When planning started.")
+    completed_at: datetime | None = Field(default=None, description="When the directive reached Completed.")
+    message: str | None = Field(default=None, description="What is happening now, for people.")
 
 
 class ObjectMeta(BaseModel):
@@ -262,13 +278,19 @@ class Directive(Wire):
 
 
 class DirectiveStepSpec(Wire):
-    directive: DnsLabel
-    title: Title
-    description: str = Field(default="", max_length=MAX_DESCRIPTION)
-    task_plan: str = Field(default="", max_length=MAX_TASK_PLAN)
-    depends_on: list[DnsLabel] = Field(default_factory=list, max_length=MAX_DEPENDS_ON)
-    order_index: int = Field(default=0, ge=0, le=MAX_ORDER_INDEX)
-    generation: int = Field(default=1, ge=1)
+    directive: DnsLabel = Field(description="Name of the Directive this step belongs to.")
+    title: Title = Field(description="Short description of the step.")
+    description: str = Field(default="", max_length=MAX_DESCRIPTION, description="What the step is for.")
+    task_plan: str = Field(default="", max_length=MAX_TASK_PLAN, description="Instructions for the agent.")
+    depends_on: list[DnsLabel] = Field(
+        default_factory=list,
+        max_length=MAX_DEPENDS_ON,
+        description="Names of steps that must succeed first; the first one's branch is the starting point.",
+    )
+    order_index: int = Field(
+        default=0, ge=0, le=MAX_ORDER_INDEX, description="Phase: waits for every lower orderIndex of its generation."
+    )
+    generation: int = Field(default=1, ge=1, description="Plan generation that created the step.")
 
 
 class TaskRef(Wire):
@@ -278,16 +300,16 @@ class TaskRef(Wire):
 
 
 class DirectiveStepStatus(Wire):
-    phase: StepPhase = StepPhase.PENDING
-    attempts: int = Field(default=0, ge=0)
-    task: TaskRef | None = None
-    branch: str | None = None
-    commit: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    next_attempt_at: datetime | None = None
-    message: str | None = None
-    conditions: list[Condition] = Field(default_factory=list)
+    phase: StepPhase = Field(default=StepPhase.PENDING, description="Where the step stands.")
+    attempts: int = Field(default=0, ge=0, description="Attempts started so far (only ever grows).")
+    task: TaskRef | None = Field(default=None, description="The task of the latest attempt.")
+    branch: str | None = Field(default=None, description="The step's git branch.")
+    commit: str | None = Field(default=None, description="Commit the step's branch ended at.")
+    started_at: datetime | None = Field(default=None, description="When the latest attempt started.")
+    finished_at: datetime | None = Field(default=None, description="When the step finished.")
+    next_attempt_at: datetime | None = Field(default=None, description="When a retry is due (backoff).")
+    message: str | None = Field(default=None, description="What is happening, or why it failed.")
+    conditions: list[Condition] = Field(default_factory=list, description="Reserved for step conditions.")
 
 
 class DirectiveStep(Wire):
