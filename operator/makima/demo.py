@@ -353,7 +353,7 @@ async def local_stack(opts: DemoOptions, console: Console) -> AsyncIterator[Loca
     from .crds import all_crds
     from .runtime import run_operator
     from .sandbox import Sandbox
-    from .store.embedded import EmbeddedPostgres, embedded_data_dir
+    from .store.embedded import EmbeddedError, EmbeddedPostgres, embedded_data_dir
 
     stages = Stages(console)
     state = opts.state_dir
@@ -364,7 +364,10 @@ async def local_stack(opts: DemoOptions, console: Console) -> AsyncIterator[Loca
         with stages.stage(f"PostgreSQL (embedded, {embedded_data_dir(state)})"):
             embedded = EmbeddedPostgres(embedded_data_dir(state))
             stop_embedded = not await asyncio.to_thread(embedded.is_running)
-            dsn = await asyncio.to_thread(embedded.start)
+            try:
+                dsn = await asyncio.to_thread(embedded.start)
+            except EmbeddedError as exc:
+                raise DemoError(f"the embedded PostgreSQL did not start: {exc}") from exc
     try:
         sandbox_dir = state / "sandbox"
         shutil.rmtree(sandbox_dir, ignore_errors=True)
@@ -385,6 +388,10 @@ async def local_stack(opts: DemoOptions, console: Console) -> AsyncIterator[Loca
                 api_url=f"http://127.0.0.1:{port}",
                 retry_base_seconds=1.0,
                 retry_max_seconds=10.0,
+                # The person's MAKIMA_* environment must not bend the demo's operator.
+                namespaces=[],
+                peering=None,
+                poll_only=False,
             )
             stop, ready = asyncio.Event(), asyncio.Event()
             with env_var("KUBECONFIG", str(kubeconfig)), stages.stage(f"operator (API on 127.0.0.1:{port})"):
@@ -393,14 +400,17 @@ async def local_stack(opts: DemoOptions, console: Console) -> AsyncIterator[Loca
                     name="makima-operator",
                 )
                 waiter = asyncio.create_task(ready.wait())
-                done, _ = await asyncio.wait({waiter, task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-                if task in done:
+                try:
+                    done, _ = await asyncio.wait({waiter, task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
+                    if task in done:
+                        task.result()  # raises the start-up error
+                        raise DemoError("the operator stopped during start-up")
+                    if waiter not in done:
+                        raise DemoError("the operator did not become ready in 60 s")
+                except BaseException:
                     waiter.cancel()
-                    task.result()  # raises the start-up error
-                    raise DemoError("the operator stopped during start-up")
-                if waiter not in done:
-                    waiter.cancel()
-                    raise DemoError("the operator did not become ready in 60 s")
+                    await stop_operator(task, stop, sandbox)
+                    raise
             try:
                 with env_var("KUBECONFIG", str(kubeconfig)):
                     yield LocalRun(kubeconfig, task)
@@ -616,10 +626,18 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoRes
                     "(the local bare repository of the sandbox demo is not visible from a cluster)"
                 )
             body = load_example(opts.example, opts.repo_url)
-            client = await asyncio.to_thread(ClusterClient, os.environ.get("KUBECONFIG"))
+            try:
+                client = await asyncio.to_thread(ClusterClient, os.environ.get("KUBECONFIG"))
+            except Exception as exc:
+                raise DemoError(f"no usable kubeconfig (KUBECONFIG={os.environ.get('KUBECONFIG', '')}): {exc}") from exc
             try:
                 console.print(f"cluster {client.host} (KUBECONFIG), namespace {opts.namespace}", highlight=False)
-                await asyncio.to_thread(client.check_crds)
+                try:
+                    await asyncio.to_thread(client.check_crds)
+                except DemoError:
+                    raise
+                except Exception as exc:
+                    raise DemoError(f"cannot reach the cluster at {client.host}: {exc}") from exc
                 with interrupts() as interrupted:
                     return await _apply_and_watch(
                         opts, console, client, body, live, local_path(opts.repo_url), None, None, interrupted, started
