@@ -187,7 +187,9 @@ class Controller:
         tasks = await self.store.tasks_for_directive(directive.metadata.uid)
         state = self._keys.setdefault(key, _KeyState())
         # The timer is a safety net: with nothing changed and nothing in flight, it does nothing.
-        digest = self._digest(body, steps, tasks)
+        # Daemons are part of the snapshot: one connecting (or freeing a slot) may unblock routing.
+        daemons = self.daemon_views(key[0])
+        digest = self._digest(body, steps, tasks, daemons)
         idle = not any(t.state.active for t in tasks) and not any(
             s.get("status", {}).get("nextAttemptAt") for s in steps
         )
@@ -197,7 +199,7 @@ class Controller:
             directive=directive,
             steps=[step_view(s) for s in steps],
             tasks=list(tasks),
-            daemons=self.daemon_views(key[0]),
+            daemons=daemons,
         )
         actions = decide(snapshot, self.clock(), self.config)
         if actions:
@@ -207,9 +209,12 @@ class Controller:
         return actions
 
     @staticmethod
-    def _digest(body: dict[str, Any], steps: list[dict[str, Any]], tasks: list[Task]) -> str:
+    def _digest(
+        body: dict[str, Any], steps: list[dict[str, Any]], tasks: list[Task], daemons: Iterable[DaemonView] = ()
+    ) -> str:
         parts = [str(_rv(body)), *sorted(f"{s['metadata']['name']}:{_rv(s)}" for s in steps)]
         parts += sorted(f"{t.id}:{t.version}" for t in tasks)
+        parts += sorted(f"daemon:{d.id}:{d.in_flight}/{d.capacity}" for d in daemons)
         return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
 
     # ---- applying actions -------------------------------------------------------------------

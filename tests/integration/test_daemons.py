@@ -17,9 +17,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+
 from makima.daemon_cli import daemon_token_secret
 from makima.runtime import Operator
-from makima.tasks import Task, TaskState
+from makima.tasks import Task, TaskKind, TaskState
 
 from .conftest import Api, OperatorFactory, git, scripted
 
@@ -77,6 +79,10 @@ class DaemonProcess:
         self.name = name
         self.log = log
 
+    def kill(self) -> None:
+        """SIGKILL the daemon and everything it started (its process group)."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+
     def output(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
 
@@ -94,7 +100,9 @@ async def daemon_process(
     path = os.pathsep.join([str(Path(MAKIMA).parent), os.environ.get("PATH", "/usr/bin:/bin")])
     env = {**os.environ, "PATH": path, "MAKIMA_DAEMON_TOKEN": DAEMON_TOKEN}
     with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(MAKIMA, *args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(
+            MAKIMA, *args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     daemon = DaemonProcess(proc, name, log)
     try:
         await until(
@@ -181,3 +189,151 @@ async def test_same_branches_via_jobs_and_via_a_daemon(
         "pkg/right.py",
         "setup.cfg",
     ]
+
+
+async def test_auto_prefers_a_matching_daemon_with_free_capacity_else_a_job(
+    api: Api, start_operator: OperatorFactory, origin: Path, tmp_path: Path
+) -> None:
+    op = await start_operator()
+    await create_daemon_token(api)
+    script = {
+        "plan": [
+            {"name": "left", "title": "left", "orderIndex": 0},
+            {"name": "right", "title": "right", "orderIndex": 0},
+        ],
+        "steps": {"left": {"files": {"left.txt": "L\n"}}, "right": {"files": {"right.txt": "R\n"}}},
+    }
+    # `other` has room for everything but lacks the selector's label; `fast` has one slot.
+    async with (
+        daemon_process(op, tmp_path, "fast", capacity=1, labels={"pool": "fast"}),
+        daemon_process(op, tmp_path, "other", capacity=4, labels={"pool": "slow"}),
+    ):
+        ids = {v.name: v.id for v in op.hub.connected("default")}
+        body = scripted("routed", origin, script, execution={"mode": "Auto", "daemonSelector": {"pool": "fast"}})
+        await api.apply_directive(body)
+        done = await api.wait_for("routed", finished, timeout=40, what="routed to finish")
+    assert done["status"]["phase"] == "Completed", done["status"]
+
+    # The two parallel steps were routed in one pass: one took the daemon's only slot, the other a Job.
+    steps = await api.steps("routed")
+    executors = sorted((s["status"]["task"]["executor"], s["status"]["task"]["name"]) for s in steps.values())
+    tasks = {t.id: t for t in await tasks_of(op, api, "routed")}
+    step_tasks = [t for t in tasks.values() if t.kind is TaskKind.STEP]
+    assert len(step_tasks) == 2 and {t.attempt for t in step_tasks} == {1}
+    job = next(t for t in step_tasks if t.executor == "job")
+    assert executors == [("daemon", ids["fast"]), ("job", job.executor_ref)]
+    assert sorted((t.executor, t.executor_ref) for t in step_tasks) == executors
+    assert {j["metadata"]["name"] for j in await api.jobs()} == {job.executor_ref}
+    # Planning and completion ran alone, so the matching daemon took them; `other` never got a task.
+    others = [t for t in tasks.values() if t.kind is not TaskKind.STEP]
+    assert {(t.kind, t.executor, t.executor_ref) for t in others} == {
+        (TaskKind.PLANNING, "daemon", ids["fast"]),
+        (TaskKind.COMPLETION, "daemon", ids["fast"]),
+    }
+
+
+# The agent notes its task token in $TOKENS/<task id> (what a leaked or zombie attempt would
+# hold), then is the scripted agent.
+TOKEN_NOTING_AGENT = [
+    "sh",
+    "-c",
+    'printf %s "$MAKIMA_TASK_TOKEN" > "$TOKENS/$MAKIMA_TASK_ID" && exec makima agent scripted',
+]
+
+
+async def test_killed_daemon_task_is_lost_retried_once_on_a_job_and_its_late_report_refused(
+    api: Api, start_operator: OperatorFactory, origin: Path, tmp_path: Path
+) -> None:
+    op = await start_operator(daemon_heartbeat_seconds=0.3, daemon_lost_after_seconds=1.5, tick_seconds=0.5)
+    await create_daemon_token(api)
+    tokens = tmp_path / "tokens"
+    tokens.mkdir()
+    script = {
+        "plan": [{"name": "slow", "title": "slow work", "orderIndex": 0}],
+        "steps": {"slow": {"sleep": 1.5, "files": {"slow.txt": "done\n"}}},
+    }
+    body = scripted("victim", origin, script, execution={"mode": "Auto", "retries": 2})
+    body["spec"]["agent"]["command"] = TOKEN_NOTING_AGENT
+    body["spec"]["agent"]["env"].append({"name": "TOKENS", "value": str(tokens)})
+
+    async with daemon_process(op, tmp_path, "doomed", capacity=1) as daemon:
+        await api.apply_directive(body)
+        running = await api.wait_for(
+            "victim",
+            lambda d: d.get("status", {}).get("steps", {}).get("running") == 1,
+            timeout=20,
+            what="step running",
+        )
+        assert running["status"]["phase"] == "Executing"
+        step = (await api.steps("victim"))["slow"]["status"]
+        assert step["task"]["executor"] == "daemon"
+        lost_id = step["task"]["id"]
+        await until(lambda: _task_file(tokens, lost_id), timeout=10, what="the agent to start")
+        daemon.kill()  # the machine dies: daemon and agent, no goodbye
+        await daemon.proc.wait()
+        done = await api.wait_for("victim", finished, timeout=30, what="victim to finish")
+    assert done["status"]["phase"] == "Completed", done["status"]
+
+    step = (await api.steps("victim"))["slow"]["status"]
+    assert step["phase"] == "Succeeded" and step["attempts"] == 2
+    assert step["task"]["executor"] == "job"
+    step_tasks = sorted(
+        (t for t in await tasks_of(op, api, "victim") if t.kind is TaskKind.STEP), key=lambda t: t.attempt
+    )
+    assert [(t.attempt, t.executor, t.state) for t in step_tasks] == [
+        (1, "daemon", TaskState.LOST),
+        (2, "job", TaskState.SUCCEEDED),
+    ]
+    lost = step_tasks[0]
+    assert lost.id == lost_id and lost.error and "no heartbeat from daemon" in lost.error
+    assert git("-C", str(origin), "show", f"{step['branch']}:slow.txt") == "done"
+
+    # Fencing: the lost attempt's token no longer opens its task; nothing changes.
+    token = (tokens / lost_id).read_text()
+    events_before = await op.store.events(lost_id, 0, 1000)
+    report = {"outcome": "succeeded", "branch": lost.branch, "commit": "0" * 40, "message": "late"}
+    headers = {"Authorization": f"Bearer {token}"}
+    async with aiohttp.ClientSession() as session:
+        for path, payload in (
+            ("result", report),
+            ("events", {"events": [{"type": "output", "payload": {"line": "x"}}]}),
+        ):
+            async with session.post(f"{op.api_url}/v1/tasks/{lost_id}/{path}", json=payload, headers=headers) as resp:
+                assert resp.status == 403, await resp.text()
+                assert "lost" in (await resp.json())["error"]
+    after = await op.store.get_task(lost_id)
+    assert after is not None
+    assert (after.state, after.version, after.result, after.commit) == (
+        lost.state,
+        lost.version,
+        lost.result,
+        lost.commit,
+    )
+    assert await op.store.events(lost_id, 0, 1000) == events_before
+    assert (await api.steps("victim"))["slow"]["status"]["commit"] == step["commit"] != "0" * 40
+
+
+async def _task_file(tokens: Path, task_id: str) -> bool:
+    return (tokens / task_id).exists() and bool((tokens / task_id).read_text())
+
+
+async def test_daemon_mode_waits_for_a_daemon_and_starts_when_one_connects(
+    api: Api, start_operator: OperatorFactory, origin: Path, tmp_path: Path
+) -> None:
+    op = await start_operator(tick_seconds=0.5)
+    await create_daemon_token(api)
+    script = {"plan": [{"name": "only", "title": "only step"}], "steps": {"only": {"files": {"only.txt": "1\n"}}}}
+    await api.apply_directive(scripted("patient", origin, script, execution={"mode": "Daemon"}))
+    waiting = await api.wait_for(
+        "patient", lambda d: "waiting for a daemon" in d.get("status", {}).get("message", ""), timeout=10
+    )
+    assert waiting["status"]["phase"] == "Planning"
+    await asyncio.sleep(1.5)  # several timer ticks: nothing may start without a daemon
+    assert await tasks_of(op, api, "patient") == []
+
+    async with daemon_process(op, tmp_path, "late", capacity=1):
+        done = await api.wait_for("patient", finished, timeout=20, what="patient to finish")
+    assert done["status"]["phase"] == "Completed", done["status"]
+    tasks = await tasks_of(op, api, "patient")
+    assert len(tasks) == 3 and {(t.executor, t.state) for t in tasks} == {("daemon", TaskState.SUCCEEDED)}
+    assert await api.jobs() == []
