@@ -13,10 +13,12 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import asyncpg
 
 from . import metrics, naming
 from .dispatch import TaskDispatcher
@@ -37,10 +39,11 @@ from .reconcile import (
     Snapshot,
     StartCompletion,
     StepView,
+    backoff,
     decide,
 )
-from .store.errors import IllegalTransition, VersionConflict
-from .tasks import Task, TaskState
+from .store.errors import IllegalTransition, StoreError, VersionConflict
+from .tasks import Task, TaskKind, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,7 @@ class _KeyState:
     digest: str | None = None
     triggers: set[str] = field(default_factory=set)
     report_at: float | None = None  # when a task report arrived (hand-off latency)
+    wakeup: asyncio.TimerHandle | None = None  # a reconcile due at a known time (retry backoff)
 
 
 class Controller:
@@ -94,6 +98,7 @@ class Controller:
         steps_source: Callable[[Key], Iterable[dict[str, Any]]],
         daemons: Any = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        fast_path: bool = True,
     ) -> None:
         self.kube = kube
         self.store = store
@@ -102,6 +107,10 @@ class Controller:
         self.steps_source = steps_source  # the kopf index, keyed by (namespace, directive)
         self.daemons = daemons
         self.clock = clock
+        # Off in poll-only mode: then only the timer reconciles (the seed's behaviour, a baseline).
+        self.fast_path = fast_path
+        # The whole kopf index (all directives), for the steps-by-phase gauge; bound by handlers.
+        self.steps_index: Mapping[Key, Iterable[dict[str, Any]]] | None = None
         self.directives: dict[Key, dict[str, Any]] = {}
         self._written: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, step object name) -> our last write
         self._keys: dict[Key, _KeyState] = {}
@@ -116,9 +125,12 @@ class Controller:
 
     def forget_directive(self, key: Key) -> None:
         self.directives.pop(key, None)
-        self._keys.pop(key, None)
+        state = self._keys.pop(key, None)
+        if state is not None and state.wakeup is not None:
+            state.wakeup.cancel()
         for k in [k for k, v in self._written.items() if k[0] == key[0] and v["spec"]["directive"] == key[1]]:
             self._written.pop(k, None)
+        self._count_phases()
 
     def steps_of(self, key: Key) -> list[dict[str, Any]]:
         """Index copies overlaid with our own newer writes."""
@@ -143,6 +155,8 @@ class Controller:
     def task_reported(self, task: Task) -> None:
         """Fast path from the API: reconcile the owning directive now, off the request."""
         key = (task.namespace, task.directive_name)
+        if not self.fast_path:
+            return  # poll-only: the next timer run sees the report
         self._keys.setdefault(key, _KeyState()).report_at = time.monotonic()
         self.trigger_soon(key, "report")
 
@@ -169,7 +183,9 @@ class Controller:
                 started = time.perf_counter()
                 try:
                     await self.reconcile(key, only_if_changed=triggers == {"timer"})
-                except Exception:
+                except Exception as exc:
+                    if isinstance(exc, StoreError | asyncpg.PostgresError | asyncpg.InterfaceError | OSError):
+                        metrics.STORE_ERRORS.labels(op="reconcile").inc()
                     log.exception("reconcile of %s/%s failed; the next trigger retries", *key)
                 finally:
                     metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
@@ -206,7 +222,45 @@ class Controller:
             log.info("%s/%s: %s", *key, ", ".join(type(a).__name__ for a in actions))
         await self.apply(key, body, steps, actions)
         state.digest = digest if not actions else None
+        if actions:
+            self._count_steps()
+        self._schedule_wakeup(key, state, tasks)
         return actions
+
+    # ---- wake-ups at known times ------------------------------------------------------------
+
+    def _due_times(self, key: Key, tasks: Iterable[Task]) -> list[datetime]:
+        """Instants at which decide() may act without any new event: a step's retry backoff
+        ending, a failed planning/completion attempt's retry, an active task's deadline."""
+        times: list[datetime] = []
+        for obj in self.steps_of(key):
+            at = step_view(obj).status.next_attempt_at
+            if at is not None:
+                times.append(at)
+        for t in tasks:
+            if t.state.active and t.deadline_at is not None:
+                times.append(t.deadline_at)
+            elif (
+                t.kind in (TaskKind.PLANNING, TaskKind.COMPLETION)
+                and t.state in (TaskState.FAILED, TaskState.LOST)
+                and t.finished_at is not None
+            ):
+                times.append(t.finished_at + backoff(t.attempt, self.config))
+        return times
+
+    def _schedule_wakeup(self, key: Key, state: _KeyState, tasks: Iterable[Task]) -> None:
+        """Without this, a retry after a 10 s backoff would wait for the next 15 s tick."""
+        if state.wakeup is not None:
+            state.wakeup.cancel()
+            state.wakeup = None
+        if not self.fast_path:
+            return
+        now = self.clock()
+        future = [t for t in self._due_times(key, tasks) if t > now]
+        if not future:
+            return
+        delay = (min(future) - now).total_seconds() + 0.01
+        state.wakeup = asyncio.get_running_loop().call_later(delay, self.trigger_soon, key, "wakeup")
 
     @staticmethod
     def _digest(
@@ -312,6 +366,12 @@ class Controller:
             counts[phase] = counts.get(phase, 0) + 1
         for phase, n in counts.items():
             metrics.DIRECTIVES_BY_PHASE.labels(phase=phase).set(n)
+
+    def _count_steps(self) -> None:
+        """Steps by phase across all directives, from the index (no API calls)."""
+        if self.steps_index is None:
+            return
+        self.count_steps(obj for key in list(self.steps_index.keys()) for obj in self.steps_of(key))
 
     def count_steps(self, all_steps: Iterable[dict[str, Any]]) -> None:
         counts: dict[str, int] = {p.value: 0 for p in StepPhase}

@@ -147,8 +147,16 @@ class TaskDispatcher:
             )
             return moved
         except (VersionConflict, IllegalTransition):
-            # The runner was faster than us and already reported; its state wins.
+            # The runner was faster than us and already reported; its state wins, but where
+            # it runs is still ours to record (lost-daemon detection and cancel depend on it).
             fresh: Task = await self.store.get_task(row.id)
+            for _ in range(3):
+                if fresh.executor is not None:
+                    break
+                try:
+                    fresh = await self.store.update_fields(fresh.id, fresh.version, executor=executor, executor_ref=ref)
+                except VersionConflict:
+                    fresh = await self.store.get_task(row.id)
             return fresh
 
     async def _credentials(self, directive: Directive) -> dict[str, str] | None:

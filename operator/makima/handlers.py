@@ -37,6 +37,7 @@ def register(registry: kopf.OperatorRegistry, controller: Controller, *, tick: f
 
     def _bind(steps_by_directive: kopf.Index[Any, Any]) -> None:
         controller.steps_source = lambda key: steps_by_directive.get(key, [])
+        controller.steps_index = steps_by_directive
 
     @kopf.on.event(*DIRECTIVES, id="directive_event", registry=registry)
     async def directive_event(

@@ -15,7 +15,7 @@ from typing import Any
 import kopf
 from aiohttp import web
 
-from . import dag
+from . import dag, metrics
 from .api import ApiDeps, build_app
 from .config import OperatorSettings
 from .controller import Controller, step_view
@@ -75,7 +75,9 @@ async def build(settings: OperatorSettings, stack: AsyncExitStack, kubeconfig: s
         retry_max_seconds=settings.retry_max_seconds,
         daemon_lost_after_seconds=settings.daemon_lost_after_seconds,
     )
-    controller = Controller(kube, store, dispatcher, config, steps_source=lambda key: [], daemons=hub)
+    controller = Controller(
+        kube, store, dispatcher, config, steps_source=lambda key: [], daemons=hub, fast_path=not settings.poll_only
+    )
 
     async def validate_steps(task: Task, submitted: list[StepSubmission]) -> list[Problem]:
         # `submitted` holds every step this planning task sent so far plus the new ones.
@@ -90,7 +92,14 @@ async def build(settings: OperatorSettings, stack: AsyncExitStack, kubeconfig: s
         controller.task_reported(task)
 
     async def ready() -> bool:
-        return await store.ping()
+        # One quick round-trip (no retries): a probe must answer before its own timeout.
+        try:
+            ok = await store.ping()
+        except Exception:  # e.g. the pool gave up; not ready either way
+            ok = False
+        if not ok:
+            metrics.STORE_ERRORS.labels(op="ping").inc()
+        return ok
 
     deps = ApiDeps(
         store=store,

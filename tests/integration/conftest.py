@@ -22,7 +22,7 @@ import yaml
 from makima.config import OperatorSettings
 from makima.crds import all_crds
 from makima.runtime import Operator, run_operator
-from makima.sandbox import Sandbox
+from makima.sandbox.server import SandboxThread
 
 GROUP_PATH = "/apis/makima.dev/v1alpha1"
 
@@ -98,16 +98,24 @@ class Api:
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[Sandbox]:
-    async with Sandbox(bookmark_interval=2.0) as sb, aiohttp.ClientSession() as session:
-        for crd in all_crds().values():
-            async with session.post(f"{sb.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd) as r:
-                assert r.status == 201, await r.text()
+async def sandbox() -> AsyncIterator[SandboxThread]:
+    # On its own loop, as a real API server would be: kopf, on stopping, waits for (and then
+    # cancels) every task created after its start, which would include the sandbox's own.
+    sb = SandboxThread(bookmark_interval=2.0)
+    await asyncio.to_thread(sb.start)
+    try:
+        async with aiohttp.ClientSession() as session:
+            for crd in all_crds().values():
+                url = f"{sb.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+                async with session.post(url, json=crd) as r:
+                    assert r.status == 201, await r.text()
         yield sb
+    finally:
+        await asyncio.to_thread(sb.stop)
 
 
 @pytest.fixture
-async def api(sandbox: Sandbox) -> AsyncIterator[Api]:
+async def api(sandbox: SandboxThread) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
         yield Api(sandbox.url, session)
 
@@ -117,7 +125,11 @@ OperatorFactory = Callable[..., Awaitable[Operator]]
 
 @pytest.fixture
 async def start_operator(
-    sandbox: Sandbox, pg_dsn: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sandbox: SandboxThread,
+    pg_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[OperatorFactory]:
     """Start (and, for restart tests, stop and start again) an operator in this loop."""
     monkeypatch.setenv("KUBECONFIG", str(sandbox.kubeconfig))
@@ -160,9 +172,25 @@ async def start_operator(
                 await asyncio.wait_for(task, 30)
         running.clear()
 
+    # kopf, when stopping, waits up to 5 s for every task created after it started (then
+    # cancels them), and this fixture's own teardown runs in such a task. So the final stop
+    # runs in a task that predates every operator, driven from a plain finalizer.
+    loop = asyncio.get_running_loop()
+    go = asyncio.Event()
+
+    async def janitor() -> None:
+        await go.wait()
+        await stop_all()
+
+    janitor_task = loop.create_task(janitor())
+
+    def finalize() -> None:
+        go.set()
+        loop.run_until_complete(janitor_task)
+
+    request.addfinalizer(finalize)
     start.stop_all = stop_all  # type: ignore[attr-defined]
     yield start
-    await stop_all()
 
 
 def git(*args: str, cwd: Path | None = None) -> str:
