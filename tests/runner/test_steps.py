@@ -146,3 +146,22 @@ async def test_agent_command_not_found(remote: Path, tmp_path: Path, reporter: R
     result = await run_step(remote, tmp_path, "a", reporter, agent=agent)
     assert result.outcome == Outcome.FAILED
     assert "cannot start agent command" in result.message
+
+
+async def test_lost_attempt_waking_up_late_does_not_overwrite_its_retry(
+    remote: Path, tmp_path: Path, reporter: RecordingReporter
+) -> None:
+    """Attempt 1 stalls (its daemon froze), attempt 2 runs and pushes; attempt 1 must not push over it."""
+    import asyncio
+
+    slow = AgentSettings(command=["sh", "-c", "sleep 1.5; echo one > one.txt"], timeout_seconds=30)
+    fast = AgentSettings(command=["sh", "-c", "echo two > two.txt"], timeout_seconds=30)
+    zombie = asyncio.create_task(run_step(remote, tmp_path, "z", RecordingReporter(), agent=slow, attempt=1))
+    await asyncio.sleep(0.5)  # attempt 1 has cloned and is inside its agent
+    retry = await run_step(remote, tmp_path, "z", reporter, agent=fast, attempt=2)
+    assert retry.outcome == Outcome.SUCCEEDED, retry.message
+    late = await zombie
+    assert late.outcome == Outcome.FAILED
+    assert "moved since this attempt started" in late.message
+    assert git("rev-parse", "makima/step-z", cwd=remote) == retry.commit
+    assert set(files_on(remote, "makima/step-z")) >= {"two.txt"} and "one.txt" not in files_on(remote, "makima/step-z")

@@ -7,7 +7,7 @@ runs, and every event goes through a redacting wrapper (task token, git token).
 - planning: workspace on a detached HEAD of the start branch; the agent submits steps itself
   (`makima directive batch-add-steps`); success when it exits 0.
 - step: workspace with the task branch; the agent works; leftovers are committed, the branch
-  is pushed (forced: each attempt rebuilds it from its start point), and the result carries
+  is pushed (forced with a lease: each attempt rebuilds it from its start point, but never over a newer attempt's push), and the result carries
   the branch, commit and number of files changed since the start point (after merges).
 - completion: see `completion.py`.
 """
@@ -190,7 +190,16 @@ async def finish_step(spec: TaskSpec, ws: Workspace, reporter: Reporter) -> Task
         await reporter.event(EventType.GIT, {"action": "commit", "message": "committed the agent's changes"})
     head = await repo.head()
     changed = await repo.changed_files(ws.start, head)
-    await repo.run("push", "--force", "origin", f"HEAD:refs/heads/{ws.branch}")
+    # Forced (each attempt rebuilds the branch) but leased on what the clone saw: a lost attempt
+    # that wakes up after its retry pushed must not overwrite the retry's branch.
+    seen = await repo.run("rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{ws.branch}", check=False)
+    lease = f"--force-with-lease=refs/heads/{ws.branch}:{seen.stdout.strip()}"
+    pushed = await repo.run("push", lease, "origin", f"HEAD:refs/heads/{ws.branch}", check=False)
+    if pushed.code != 0:
+        return _failed(
+            f"the step branch {ws.branch} moved since this attempt started (a newer attempt pushed it); "
+            f"not overwriting it: {pushed.stderr.strip()[-500:]}"
+        )
     await reporter.event(EventType.GIT, {"action": "push", "branch": ws.branch, "commit": head, "message": "pushed"})
     message = f"{len(changed)} file(s) changed" if changed else "no changes"
     return TaskResult(
