@@ -7,8 +7,9 @@ runs, and every event goes through a redacting wrapper (task token, git token).
 - planning: workspace on a detached HEAD of the start branch; the agent submits steps itself
   (`makima directive batch-add-steps`); success when it exits 0.
 - step: workspace with the task branch; the agent works; leftovers are committed, the branch
-  is pushed (forced with a lease: each attempt rebuilds it from its start point, but never over a newer attempt's push), and the result carries
-  the branch, commit and number of files changed since the start point (after merges).
+  is pushed (forced with a lease: each attempt rebuilds it from its start point, but never
+  over a newer attempt's push), and the result carries the branch, commit and number of
+  files changed since the start point (after merges).
 - completion: see `completion.py`.
 """
 
