@@ -47,7 +47,15 @@ class TaskDispatcher:
         timeout = parse_duration(spec.execution.step_timeout).total_seconds()
         return AgentSettings(command=spec.agent.command or self.agent.command, env=env, timeout_seconds=timeout)
 
-    def _spec(self, directive: Directive, task: Task, prompt: str, workspace: WorkspacePlan, **extra: Any) -> TaskSpec:
+    def _spec(
+        self,
+        directive: Directive,
+        task: Task,
+        prompt: str,
+        workspace: WorkspacePlan,
+        title: str | None = None,
+        **extra: Any,
+    ) -> TaskSpec:
         return TaskSpec(
             task_id=task.id,
             kind=task.kind,
@@ -56,7 +64,7 @@ class TaskDispatcher:
             namespace=task.namespace,
             directive=task.directive_name,
             step=task.step_name,
-            title=directive.spec.title,
+            title=title or directive.spec.title,  # a step's own title names its commits
             prompt=prompt,
             workspace=workspace,
             agent=self._agent(directive),
@@ -95,7 +103,7 @@ class TaskDispatcher:
                 "deadline_at": action.deadline_at,
             }
         )
-        spec = self._spec(directive, task, action.prompt, action.workspace)
+        spec = self._spec(directive, task, action.prompt, action.workspace, title=step["spec"].get("title"))
         return await self._launch(directive, task, spec, action.route, owner=step)
 
     async def start_completion(self, directive: Directive, action: StartCompletion) -> Task:

@@ -35,6 +35,9 @@ async def test_example_directive_completes_with_a_pull_request(
         assert (clone / path).exists(), path
     steps = await api.steps("greeter")
     assert {s["status"]["attempts"] for s in steps.values()} == {1}
+    # A step's commit is named after the step, not the directive.
+    core = steps["core"]["status"]
+    assert git("-C", str(origin), "log", "-1", "--format=%s", core["commit"]) == "Write the greeting function"
     assert len(await api.jobs()) == 6 + 2  # planning + six steps + completion
     refs = git("-C", str(origin), "for-each-ref", "--format=%(refname)", "refs/makima/pulls")
     assert refs, "no pull request recorded in the repository"
