@@ -55,7 +55,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .models import GROUP, VERSION
+from .models import GROUP
 from .naming import LABEL_DIRECTIVE, LABEL_STEP
 
 if TYPE_CHECKING:
@@ -189,78 +189,56 @@ def pull_request_record(bare: Path, branch: str) -> tuple[int, dict[str, Any]] |
 
 
 class ClusterClient:
-    """Synchronous calls through the official client; call them with `asyncio.to_thread`."""
+    """What the demo asks of a cluster, through `kube.UserKube` (call with `asyncio.to_thread`)."""
 
     def __init__(self, kubeconfig: str | None) -> None:
-        from kubernetes import client, config
+        from .kube import UserKube
 
-        cfg = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
-        self._api = client.ApiClient(cfg)
-        self.host: str = cfg.host
-        self.custom: Any = client.CustomObjectsApi(self._api)
-        self.ext: Any = client.ApiextensionsV1Api(self._api)
+        cfg = client_configuration(kubeconfig)
+        self.kube = UserKube(cfg)
+        self.host: str = self.kube.host
 
     def close(self) -> None:
-        self._api.close()  # type: ignore[no-untyped-call]
+        self.kube.close()
 
     def apply_crds(self, crds: dict[str, dict[str, Any]]) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        for crd in crds.values():
-            try:
-                self.ext.create_custom_resource_definition(crd)
-            except ApiException as exc:
-                if exc.status != 409:
-                    raise
+        self.kube.ensure_crds(list(crds.values()))
 
     def check_crds(self) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        for plural in (DIRECTIVES, STEPS):
-            try:
-                self.ext.read_custom_resource_definition(f"{plural}.{GROUP}")
-            except ApiException as exc:
-                if exc.status == 404:
-                    raise DemoError(
-                        f"the cluster at {self.host} has no {plural}.{GROUP} CRD: install the chart first "
-                        "(helm install makima charts/makima -n makima-system --create-namespace)"
-                    ) from exc
-                raise
+        missing = self.kube.missing_crds([f"{plural}.{GROUP}" for plural in (DIRECTIVES, STEPS)])
+        if missing:
+            raise DemoError(
+                f"the cluster at {self.host} has no {', '.join(missing)} CRD: install the chart first "
+                "(helm install makima charts/makima -n makima-system --create-namespace)"
+            )
 
     def directive(self, namespace: str, name: str) -> dict[str, Any] | None:
-        from kubernetes.client.exceptions import ApiException
-
-        try:
-            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES, name)
-            return obj
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self.kube.get_directive(namespace, name)
 
     def steps(self, namespace: str, directive: str) -> list[dict[str, Any]]:
-        data = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, namespace, STEPS, label_selector=f"{LABEL_DIRECTIVE}={directive}"
-        )
-        items: list[dict[str, Any]] = data.get("items", [])
-        return items
+        return self.kube.list_steps(namespace, directive)
 
     def replace_directive(self, namespace: str, body: dict[str, Any], wait: float = 60.0) -> bool:
         """Create the directive; an existing one of that name is deleted first (and waited for).
 
         Returns whether one was replaced."""
         name = body["metadata"]["name"]
-        existed = self.directive(namespace, name) is not None
+        existed = self.kube.delete_directive(namespace, name)
         if existed:
-            self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES, name)
             deadline = time.monotonic() + wait
             while self.directive(namespace, name) is not None:
                 if time.monotonic() > deadline:
                     raise DemoError(f"directive {namespace}/{name} still exists {wait:.0f} s after deleting it")
                 time.sleep(0.2)
-        self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES, body)
+        self.kube.create_directive(namespace, body)
         return existed
+
+
+def client_configuration(kubeconfig: str | None) -> Any:
+    """An API client from an explicit kubeconfig (the sandbox's, or KUBECONFIG for --cluster)."""
+    from .kube import load_kubeconfig
+
+    return load_kubeconfig(kubeconfig)
 
 
 # -- pieces started for the local demo ------------------------------------------------------

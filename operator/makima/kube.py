@@ -41,9 +41,14 @@ def load_config(kubeconfig: str | None = None) -> client.ApiClient:
         config.load_incluster_config()  # type: ignore[no-untyped-call]
         return client.ApiClient()
     except config.ConfigException:
-        cfg = client.Configuration()
-        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
-        return client.ApiClient(cfg)
+        return load_kubeconfig(kubeconfig)
+
+
+def load_kubeconfig(kubeconfig: str | None) -> client.ApiClient:
+    """A client from a kubeconfig file only (never the in-cluster account)."""
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return client.ApiClient(cfg)
 
 
 def _now() -> str:
@@ -223,6 +228,9 @@ USER_RULES: list[tuple[str, str, tuple[str, ...]]] = [
     ("makima.dev", "directivesteps", ("get", "list")),
     ("makima.dev", "directivesteps/status", ("patch",)),  # retry
     ("", "events", ("list",)),  # describe
+    # `makima demo --cluster` only: replace the example directive; check the CRDs are installed
+    ("makima.dev", "directives", ("create", "delete")),
+    ("apiextensions.k8s.io", "customresourcedefinitions", ("get",)),
 ]
 
 RETRYABLE_STEP_PHASES = ("Failed", "Skipped")
@@ -280,6 +288,48 @@ class UserKube:
             if exc.status == 404:
                 return None
             raise
+
+    @property
+    def host(self) -> str:
+        return str(self.api.configuration.host)
+
+    def ensure_crds(self, crds: list[dict[str, Any]]) -> None:
+        """Create-if-absent (the sandbox in `makima demo`; on a cluster the chart installs them)."""
+        ext = client.ApiextensionsV1Api(self.api)
+        for crd in crds:
+            try:
+                self._call(lambda crd=crd: ext.create_custom_resource_definition(crd))  # type: ignore[misc]
+            except KubeError as exc:
+                if exc.status != 409:
+                    raise
+
+    def missing_crds(self, names: list[str]) -> list[str]:
+        ext = client.ApiextensionsV1Api(self.api)
+        missing = []
+        for name in names:
+            try:
+                self._call(lambda name=name: ext.read_custom_resource_definition(name))  # type: ignore[misc]
+            except KubeError as exc:
+                if exc.status != 404:
+                    raise
+                missing.append(name)
+        return missing
+
+    def create_directive(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        obj: dict[str, Any] = self._call(
+            lambda: self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES, body)
+        )
+        return obj
+
+    def delete_directive(self, namespace: str, name: str) -> bool:
+        """False when it did not exist."""
+        try:
+            self._call(lambda: self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES, name))
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
 
     def list_directives(self, namespace: str) -> list[dict[str, Any]]:
         result: dict[str, Any] = self._call(
