@@ -48,6 +48,7 @@ from .tasks import Task, TaskKind, TaskState
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, directive name)
+QUIET_TICKS = 20  # idle timer runs skipped before one full check (5 min at the 15 s default)
 
 
 def _rv(obj: dict[str, Any]) -> int:
@@ -85,6 +86,8 @@ class _KeyState:
     digest: str | None = None
     triggers: set[str] = field(default_factory=set)
     report_at: float | None = None  # when a task report arrived (hand-off latency)
+    quiet: str | None = None  # digest of the objects of an idle directive (timer skips the store)
+    quiet_ticks: int = 0
     wakeup: asyncio.TimerHandle | None = None  # a reconcile due at a known time (retry backoff)
 
 
@@ -155,9 +158,12 @@ class Controller:
     def task_reported(self, task: Task) -> None:
         """Fast path from the API: reconcile the owning directive now, off the request."""
         key = (task.namespace, task.directive_name)
+        self._keys.setdefault(key, _KeyState()).quiet = None  # its tasks changed: look at the store again
+        if task.state.terminal:
+            # Hand-off latency runs from a final report to the next dispatch (in both modes).
+            self._keys.setdefault(key, _KeyState()).report_at = time.monotonic()
         if not self.fast_path:
             return  # poll-only: the next timer run sees the report
-        self._keys.setdefault(key, _KeyState()).report_at = time.monotonic()
         self.trigger_soon(key, "report")
 
     def trigger_soon(self, key: Key, trigger: str) -> None:
@@ -200,16 +206,24 @@ class Controller:
             return []
         directive = Directive.model_validate(body)
         steps = self.steps_of(key)
-        tasks = await self.store.tasks_for_directive(directive.metadata.uid)
         state = self._keys.setdefault(key, _KeyState())
-        # The timer is a safety net: with nothing changed and nothing in flight, it does nothing.
+        report_seen = state.report_at
         # Daemons are part of the snapshot: one connecting (or freeing a slot) may unblock routing.
         daemons = self.daemon_views(key[0])
+        # The timer is a safety net: for an idle directive whose objects did not change it does
+        # nothing at all, not even the SQL query (its tasks only change through this process,
+        # which clears `quiet` when they do); a full check still runs every QUIET_TICKS ticks.
+        kube_digest = self._digest(body, steps, (), daemons)
+        if only_if_changed and state.quiet == kube_digest and state.quiet_ticks < QUIET_TICKS:
+            state.quiet_ticks += 1
+            return []
+        tasks = await self.store.tasks_for_directive(directive.metadata.uid)
         digest = self._digest(body, steps, tasks, daemons)
         idle = not any(t.state.active for t in tasks) and not any(
             s.get("status", {}).get("nextAttemptAt") for s in steps
         )
         if only_if_changed and idle and digest == state.digest:
+            state.quiet, state.quiet_ticks = kube_digest, 0
             return []
         snapshot = Snapshot(
             directive=directive,
@@ -221,7 +235,10 @@ class Controller:
         if actions:
             log.info("%s/%s: %s", *key, ", ".join(type(a).__name__ for a in actions))
         await self.apply(key, body, steps, actions)
+        if state.report_at == report_seen:
+            state.report_at = None  # a later dispatch is not a hand-off of that report
         state.digest = digest if not actions else None
+        state.quiet, state.quiet_ticks = (kube_digest, 0) if idle and not actions else (None, 0)
         if actions:
             self._count_steps()
         self._schedule_wakeup(key, state, tasks)
@@ -264,7 +281,10 @@ class Controller:
 
     @staticmethod
     def _digest(
-        body: dict[str, Any], steps: list[dict[str, Any]], tasks: list[Task], daemons: Iterable[DaemonView] = ()
+        body: dict[str, Any],
+        steps: list[dict[str, Any]],
+        tasks: Iterable[Task],
+        daemons: Iterable[DaemonView] = (),
     ) -> str:
         parts = [str(_rv(body)), *sorted(f"{s['metadata']['name']}:{_rv(s)}" for s in steps)]
         parts += sorted(f"{t.id}:{t.version}" for t in tasks)

@@ -63,6 +63,14 @@ class Kube:
         self.batch: Any = client.BatchV1Api(api)
         self.core: Any = client.CoreV1Api(api)
 
+    async def reachable(self, timeout: float = 3.0) -> bool:
+        """GET /version (open to every authenticated client; no RBAC rule needed): for /readyz."""
+        try:
+            await asyncio.to_thread(lambda: client.VersionApi(self.api).get_code(_request_timeout=timeout))
+        except Exception:  # any failure means "not reachable now"; the probe says so
+            return False
+        return True
+
     async def _call(self, verb: str, resource: str, fn: Callable[[], T]) -> T:
         metrics.API_CALLS.labels(verb=verb, resource=resource).inc()
         try:

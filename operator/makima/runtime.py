@@ -92,14 +92,14 @@ async def build(settings: OperatorSettings, stack: AsyncExitStack, kubeconfig: s
         controller.task_reported(task)
 
     async def ready() -> bool:
-        # One quick round-trip (no retries): a probe must answer before its own timeout.
+        # Ready = the store and the Kubernetes API both answer; one quick round-trip each, no retries.
         try:
             ok = await store.ping()
         except Exception:  # e.g. the pool gave up; not ready either way
             ok = False
         if not ok:
             metrics.STORE_ERRORS.labels(op="ping").inc()
-        return ok
+        return ok and await kube.reachable()
 
     deps = ApiDeps(
         store=store,

@@ -82,10 +82,22 @@ async def test_metrics_and_a_quiet_steady_state(api: Api, start_operator: Operat
     await asyncio.sleep(0.5)  # let the events of the final status patch settle
     assert await op.controller.reconcile(key) == []  # nothing left to do ...
     before, timers = api_calls(), sample("makima_reconciles_total", trigger="timer")
-    for _ in range(3):
-        await op.controller.trigger(key, "timer")
+    queries: list[str] = []
+    real_query = op.store.tasks_for_directive
+
+    async def counting_query(uid: str) -> Any:
+        queries.append(uid)
+        return await real_query(uid)
+
+    op.store.tasks_for_directive = counting_query  # type: ignore[method-assign]
+    try:
+        for _ in range(3):
+            await op.controller.trigger(key, "timer")
+    finally:
+        op.store.tasks_for_directive = real_query  # type: ignore[method-assign]
     assert sample("makima_reconciles_total", trigger="timer") == timers + 3
-    assert api_calls() == before  # ... and the timer does not even look
+    assert api_calls() == before  # ... and the timer does not even look:
+    assert queries == []  # not at Kubernetes, not at the store
     assert (await api.directive("observed"))["metadata"]["resourceVersion"] == done["metadata"]["resourceVersion"]
 
 
@@ -164,3 +176,15 @@ async def test_readyz_follows_the_store(start_operator: OperatorFactory, pg_dsn:
         with contextlib.suppress(Exception):
             await proxy.run(proxy.cut())
         proxy.close()
+
+
+async def test_readyz_follows_the_kubernetes_api(start_operator: OperatorFactory) -> None:
+    op = await start_operator()
+    assert await readyz(op.api_url) == 200
+    cfg = op.kube.api.configuration
+    real_host, cfg.host = cfg.host, f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    try:
+        assert await readyz(op.api_url) == 503
+    finally:
+        cfg.host = real_host
+    assert await readyz(op.api_url) == 200
