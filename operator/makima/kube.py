@@ -89,32 +89,6 @@ class Kube:
 
     # ---- directives and steps ----------------------------------------------------------
 
-    async def get_directive(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            obj: dict[str, Any] = await self._call(
-                "get",
-                DIRECTIVES,
-                lambda: self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES, name),
-            )
-            return obj
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    async def list_steps(self, namespace: str, directive: str) -> list[dict[str, Any]]:
-        from .naming import LABEL_DIRECTIVE
-
-        result: dict[str, Any] = await self._call(
-            "list",
-            STEPS,
-            lambda: self.custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, STEPS, label_selector=f"{LABEL_DIRECTIVE}={directive}"
-            ),
-        )
-        items: list[dict[str, Any]] = result.get("items", [])
-        return items
-
     async def create_step(self, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
         return await self._create(
             STEPS, lambda: self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, STEPS, body)
@@ -170,16 +144,6 @@ class Kube:
     async def create_job(self, namespace: str, body: dict[str, Any]) -> dict[str, Any] | None:
         created = await self._create("jobs", lambda: self.batch.create_namespaced_job(namespace, body))
         return self.api.sanitize_for_serialization(created) if created is not None else None
-
-    async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            job = await self._call("get", "jobs", lambda: self.batch.read_namespaced_job(name, namespace))
-        except KubeError as exc:
-            if exc.status == 404:
-                return None
-            raise
-        result: dict[str, Any] = self.api.sanitize_for_serialization(job)
-        return result
 
     async def delete_job(self, namespace: str, name: str) -> None:
         body = client.V1DeleteOptions(propagation_policy="Background")

@@ -8,17 +8,18 @@ Each entry: (apiGroup, resource, verbs).
 from __future__ import annotations
 
 OPERATOR_RULES: list[tuple[str, str, tuple[str, ...]]] = [
-    # our resources: kopf watches them; kube.py creates steps and patches status
-    ("makima.dev", "directives", ("get", "list", "watch", "patch")),
-    ("makima.dev", "directives/status", ("get", "patch")),
-    ("makima.dev", "directivesteps", ("get", "list", "watch", "create", "patch", "delete")),
-    ("makima.dev", "directivesteps/status", ("get", "patch")),
-    # Job executor: one Job and one token Secret per task
-    ("batch", "jobs", ("get", "list", "watch", "create", "delete")),
+    # kopf lists and watches our resources; the operator patches directives (kopf's finalizer,
+    # and spec.paused when planning fails), creates steps, and patches both status subresources
+    ("makima.dev", "directives", ("list", "watch", "patch")),
+    ("makima.dev", "directives/status", ("patch",)),
+    ("makima.dev", "directivesteps", ("list", "watch", "create")),
+    ("makima.dev", "directivesteps/status", ("patch",)),
+    # Job executor: one Job and one token Secret per task; kopf watches the Jobs; a daemon's
+    # token and a directive's repository credentials are read from Secrets
+    ("batch", "jobs", ("list", "watch", "create", "delete")),
     ("", "secrets", ("get", "create", "delete")),
-    # Events a person reads in `kubectl describe`
-    ("", "events", ("create", "patch")),
-    ("events.k8s.io", "events", ("create", "patch")),
+    # Events a person reads in `kubectl describe` (ours and kopf's, both core/v1)
+    ("", "events", ("create",)),
     # kopf: resource discovery and namespace scanning
     ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),
     ("", "namespaces", ("list", "watch")),
