@@ -142,6 +142,46 @@ class LocalHost:
         return PullRequestInfo(url=self.url(number), number=number, created=created)
 
 
+class RemoteRefsHost(LocalHost):
+    """A git server with no pull-request API (git daemon, plain HTTP or SSH): the same record
+    as `LocalHost`, kept in the server's own refs. They are fetched into a scratch bare
+    repository, updated there, and pushed back (the PR refs are makima's own, so forced)."""
+
+    def __init__(self, remote_url: str, git: Git, scratch: Path) -> None:
+        self.remote = remote_url
+        scratch.mkdir(parents=True, exist_ok=True)
+        super().__init__(scratch, git)
+
+    def url(self, number: int) -> str:
+        return f"{_safe_url(self.remote)}#pull/{number}"
+
+    async def open_or_update(self, head: str, base: str, title: str, body: str, draft: bool) -> PullRequestInfo:
+        await self.git.run("init", "-q", "--bare", str(self.repo_path))
+        fetched = await self.git.run(
+            "fetch",
+            "-q",
+            "--no-tags",
+            self.remote,
+            f"+{PULLS_REF_PREFIX}*:{PULLS_REF_PREFIX}*",
+            f"+refs/heads/{head}:refs/heads/{head}",
+            f"+refs/heads/{base}:refs/heads/{base}",
+            check=False,
+        )
+        if fetched.code != 0:
+            raise GitHostError(f"cannot read pull requests from {_safe_url(self.remote)}: {fetched.stderr.strip()}")
+        info = await super().open_or_update(head, base, title, body, draft)
+        refs = [f"{PULLS_REF_PREFIX}{info.number}/{part}" for part in ("head", "meta")]
+        pushed = await self.git.run("push", "-q", "--force", self.remote, *(f"{r}:{r}" for r in refs), check=False)
+        if pushed.code != 0:
+            raise GitHostError(f"cannot record the pull request in {_safe_url(self.remote)}: {pushed.stderr.strip()}")
+        return info
+
+
+def is_plain_git_remote(repo_url: str) -> bool:
+    """git://, http(s)://, ssh:// or scp-like user@host:path URLs."""
+    return bool(re.match(r"^(git|https?|ssh)://", repo_url) or re.match(r"^[\w.-]+@[\w.-]+:", repo_url))
+
+
 # ---- GitHub -----------------------------------------------------------------------------------
 
 _GITHUB_URL = re.compile(
@@ -257,8 +297,12 @@ def host_for(
     credentials: GitCredentials | None = None,
     *,
     env: Mapping[str, str] | None = None,
+    git: Git | None = None,
+    scratch: Path | None = None,
 ) -> GitHost:
-    """GitHub for github.com URLs, LocalHost for file:// URLs and existing paths."""
+    """GitHub for github.com URLs, LocalHost for file:// URLs and existing paths, and for any
+    other git server (given `git`, with the task's credentials, and a `scratch` folder) the
+    same record kept in the server's refs."""
     env = os.environ if env is None else env
     forced = env.get(ENV_GIT_HOST, "").lower()
     creds = credentials or GitCredentials.resolve(env=env)
@@ -270,9 +314,11 @@ def host_for(
     path = local_repo_path(repo_url)
     if path is not None:
         return LocalHost(path)
+    if git is not None and scratch is not None and is_plain_git_remote(repo_url):
+        return RemoteRefsHost(repo_url, git, scratch)
     raise GitHostError(
-        f"no git host for {_safe_url(repo_url)}: supported are github.com and local repositories "
-        "(file:// URLs or paths)"
+        f"no git host for {_safe_url(repo_url)}: supported are github.com, local repositories "
+        "(file:// URLs or paths) and git servers (git://, http(s)://, ssh://)"
     )
 
 

@@ -91,7 +91,7 @@ async def run_task(
         return resolve
 
     def default_host(url: str) -> GitHost:
-        return host_for(url, creds, env=env)
+        return host_for(url, creds, env=env, git=git, scratch=workdir / "pulls.git")
 
     hosts: HostFactory = host_factory or default_host
     heartbeat = asyncio.create_task(_heartbeats(rep, heartbeat_seconds))
