@@ -19,11 +19,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 
 from . import metrics, naming
 from .dispatch import TaskDispatcher
 from .kube import DIRECTIVES, STEPS, Kube
-from .models import Directive, DirectivePhase, DirectiveStep, StepPhase
+from .models import Directive, DirectivePhase, DirectiveStatus, DirectiveStep, StepPhase
 from .reconcile import (
     Action,
     CreatePlanningTask,
@@ -41,6 +42,7 @@ from .reconcile import (
     StepView,
     backoff,
     decide,
+    reject_invalid,
 )
 from .store.errors import IllegalTransition, StoreError, VersionConflict
 from .tasks import Task, TaskKind, TaskState
@@ -63,6 +65,13 @@ def newest(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[str, Any]
     if a is None or b is None:
         return a or b
     return a if _rv(a) >= _rv(b) else b
+
+
+def _status_of(body: dict[str, Any]) -> DirectiveStatus:
+    try:
+        return DirectiveStatus.model_validate(body.get("status") or {})
+    except ValidationError:
+        return DirectiveStatus()
 
 
 def step_view(obj: dict[str, Any]) -> StepView:
@@ -204,7 +213,13 @@ class Controller:
         body = self.directives.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return []
-        directive = Directive.model_validate(body)
+        try:
+            directive = Directive.model_validate(body)
+        except ValidationError as exc:
+            # Past the CRD schema but not the models (e.g. a blank goal): say so in the status.
+            actions = reject_invalid(_status_of(body), body["metadata"].get("generation", 0), exc, self.clock())
+            await self.apply(key, body, [], actions)
+            return actions
         steps = self.steps_of(key)
         state = self._keys.setdefault(key, _KeyState())
         report_seen = state.report_at
@@ -234,7 +249,7 @@ class Controller:
         actions = decide(snapshot, self.clock(), self.config)
         if actions:
             log.info("%s/%s: %s", *key, ", ".join(type(a).__name__ for a in actions))
-        await self.apply(key, body, steps, actions)
+        await self.apply(key, body, steps, actions, directive)
         if state.report_at == report_seen:
             state.report_at = None  # a later dispatch is not a hand-off of that report
         state.digest = digest if not actions else None
@@ -293,12 +308,20 @@ class Controller:
 
     # ---- applying actions -------------------------------------------------------------------
 
-    async def apply(self, key: Key, body: dict[str, Any], steps: list[dict[str, Any]], actions: list[Action]) -> None:
+    async def apply(
+        self,
+        key: Key,
+        body: dict[str, Any],
+        steps: list[dict[str, Any]],
+        actions: list[Action],
+        directive: Directive | None = None,
+    ) -> None:
+        """Apply in order. `directive` (the parsed body) is needed only by task-starting actions."""
         ns, name = key
         by_name = {s["metadata"].get("labels", {}).get(naming.LABEL_STEP): s for s in steps}
-        directive = Directive.model_validate(body)
         for action in actions:
             if isinstance(action, CreatePlanningTask):
+                assert directive is not None
                 await self.dispatcher.start_planning(directive, action)
             elif isinstance(action, CreateSteps):
                 for sub in action.steps:
@@ -313,12 +336,14 @@ class Controller:
                 step = by_name.get(action.name)
                 if step is None:
                     continue
+                assert directive is not None
                 task = await self.dispatcher.dispatch_step(directive, step, action)
                 await self._patch_step(by_name, action.name, self.dispatcher.running_patch(action, task, self.clock()))
                 self._observe_handoff(key)
             elif isinstance(action, ExpireTask):
                 await self.dispatcher.expire(action.task_id, action.reason)
             elif isinstance(action, StartCompletion):
+                assert directive is not None
                 await self.dispatcher.start_completion(directive, action)
             elif isinstance(action, SetDirectiveStatus):
                 desired = action.status.wire()

@@ -84,6 +84,7 @@ class Reason:
     STEP_SKIPPED = "StepSkipped"
     RETRYING = "Retrying"
     TASK_EXPIRED = "TaskExpired"
+    INVALID_SPEC = "InvalidSpec"
     DIRECTIVE_FAILED = "DirectiveFailed"
     COMPLETION_STARTED = "CompletionStarted"
 
@@ -631,6 +632,38 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
             actions.append(SetDirectiveStatus(status))
     actions.extend(events)
     return actions
+
+
+def reject_invalid(cur: DirectiveStatus, generation: int, error: Any, now: datetime) -> list[Action]:
+    """A spec the API server accepted but the models refuse: Failed, with every problem named.
+
+    `error` is the pydantic ValidationError. Nothing else happens until the spec is fixed
+    (a new generation is reconciled from scratch). No actions when already said.
+    """
+    problems = [f"spec.{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}" for e in error.errors()]
+    message = "invalid spec: " + "; ".join(problems)
+    if cur.phase is DirectivePhase.FAILED and cur.message == message and cur.observed_generation == generation:
+        return []
+    prev = next((c for c in cur.conditions if c.type == CondType.READY), None)
+    since = prev.last_transition_time if prev is not None and prev.status is ConditionStatus.FALSE else now
+    ready = Condition(
+        type=CondType.READY,
+        status=ConditionStatus.FALSE,
+        reason=Reason.INVALID_SPEC,
+        message=message[:32768],
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+    others = [c for c in cur.conditions if c.type != CondType.READY]
+    status = cur.model_copy(
+        update={
+            "phase": DirectivePhase.FAILED,
+            "message": message[:4096],
+            "observed_generation": generation,
+            "conditions": [ready, *others],
+        }
+    )
+    return [SetDirectiveStatus(status), EmitEvent("Warning", Reason.INVALID_SPEC, message[:1024])]
 
 
 def _outcome_events(cur: DirectiveStatus, new: DirectiveStatus) -> list[EmitEvent]:

@@ -1,0 +1,39 @@
+"""reject_invalid(): a spec the models refuse fails the directive once, naming every problem."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from pydantic import ValidationError
+
+from makima.models import DirectivePhase, DirectiveSpec, DirectiveStatus
+from makima.reconcile import EmitEvent, SetDirectiveStatus, reject_invalid
+
+NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
+
+
+def _error() -> ValidationError:
+    with pytest.raises(ValidationError) as info:
+        DirectiveSpec.model_validate(
+            {"title": "t", "goal": "  ", "repository": {"url": "x"}, "execution": {"stepTimeout": "soon"}}
+        )
+    err = info.value
+    # the controller validates the whole object: locations start with "spec"
+    return ValidationError.from_exception_data(
+        err.title,
+        [{**e, "loc": ("spec", *e["loc"])} for e in err.errors()],  # type: ignore[misc]
+    )
+
+
+def test_fails_naming_every_problem_once() -> None:
+    actions = reject_invalid(DirectiveStatus(), 3, _error(), NOW)
+    assert [type(a) for a in actions] == [SetDirectiveStatus, EmitEvent]
+    status = actions[0].status  # type: ignore[union-attr]
+    assert status.phase is DirectivePhase.FAILED and status.observed_generation == 3
+    assert "spec.goal" in status.message and "spec.execution.stepTimeout" in status.message
+    assert status.conditions[0].reason == "InvalidSpec" and status.conditions[0].last_transition_time == NOW
+    # said already: nothing more to do on the next run
+    assert reject_invalid(status, 3, _error(), NOW) == []
+    # a new generation with the same problem is reported again
+    assert reject_invalid(status, 4, _error(), NOW) != []
