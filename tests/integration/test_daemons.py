@@ -337,3 +337,24 @@ async def test_daemon_mode_waits_for_a_daemon_and_starts_when_one_connects(
     tasks = await tasks_of(op, api, "patient")
     assert len(tasks) == 3 and {(t.executor, t.state) for t in tasks} == {("daemon", TaskState.SUCCEEDED)}
     assert await api.jobs() == []
+
+
+async def test_the_example_directive_completes_on_a_daemon(
+    api: Api, start_operator: OperatorFactory, origin: Path, tmp_path: Path
+) -> None:
+    """Issue 8's "done when", daemon half: examples/directive.yaml, every task on a daemon."""
+    from .conftest import example_directive
+
+    op = await start_operator()
+    await create_daemon_token(api)
+    async with daemon_process(op, tmp_path, "runner", capacity=3):
+        body = example_directive(origin)
+        body["spec"]["execution"]["mode"] = "Daemon"
+        await api.apply_directive(body)
+        done = await api.wait_for("greeter", finished, timeout=90, what="the example to finish")
+    assert done["status"]["phase"] == "Completed", done["status"]
+    tasks = await tasks_of(op, api, "greeter")
+    assert len(tasks) == 8 and {(t.executor, t.state) for t in tasks} == {("daemon", TaskState.SUCCEEDED)}
+    assert await api.jobs() == []
+    files = git("-C", str(origin), "ls-tree", "-r", "--name-only", done["status"]["pullRequest"]["branch"]).split()
+    assert {"greeter/core.py", "greeter/__main__.py", "tests/test_greeter.py", "CHANGELOG.md"} <= set(files)
