@@ -400,7 +400,8 @@ def report(results: list[Result], path_note: str, db_note: str) -> None:
             f"  {'':<12} idle ({r.idle_seconds:.0f} s, Completed): {r.idle_timer_runs:.0f} timer runs, "
             f"{r.idle_api_calls:.0f} API calls ({idle_per:.2f} per reconcile), "
             f"{r.idle_queries} task queries, decide() ran {r.idle_decides} time(s) "
-            "(the digest covers task versions, so a timer run reads the tasks once, then skips decide)"
+            "(an idle directive's timer run compares a digest of its objects and stops; a full check "
+            "with the store runs every 20th idle tick)"
         )
 
 

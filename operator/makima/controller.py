@@ -250,8 +250,8 @@ class Controller:
         if actions:
             log.info("%s/%s: %s", *key, ", ".join(type(a).__name__ for a in actions))
         await self.apply(key, body, steps, actions, directive)
-        if state.report_at == report_seen:
-            state.report_at = None  # a later dispatch is not a hand-off of that report
+        if not actions and state.report_at == report_seen:
+            state.report_at = None  # nothing follows from that report: a later dispatch is no hand-off
         state.digest = digest if not actions else None
         state.quiet, state.quiet_ticks = (kube_digest, 0) if idle and not actions else (None, 0)
         if actions:
