@@ -196,12 +196,15 @@ class Kube:
 # What a person's kubeconfig needs for the people CLI, as RBAC rules (same shape as
 # `kube_calls.OPERATOR_RULES`); `makima logs` needs none of them beyond `get`.
 USER_RULES: list[tuple[str, str, tuple[str, ...]]] = [
-    ("makima.dev", "directives", ("get", "list", "patch")),  # get, describe; pause/resume patch spec.paused
+    # get, describe; pause/resume patch spec.paused; `makima demo --cluster` replaces the example
+    ("makima.dev", "directives", ("get", "list", "patch", "create", "delete")),
     ("makima.dev", "directivesteps", ("get", "list")),
     ("makima.dev", "directivesteps/status", ("patch",)),  # retry
     ("", "events", ("list",)),  # describe
-    # `makima demo --cluster` only: replace the example directive; check the CRDs are installed
-    ("makima.dev", "directives", ("create", "delete")),
+]
+# Cluster-scoped, so not part of the chart's aggregated user role: `makima demo --cluster`
+# checks that the CRDs are installed (cluster admins and developers have it anyway).
+DEMO_CLUSTER_RULES: list[tuple[str, str, tuple[str, ...]]] = [
     ("apiextensions.k8s.io", "customresourcedefinitions", ("get",)),
 ]
 

@@ -74,7 +74,8 @@ def test_helm_lint_is_clean(name: str) -> None:
 
 def test_default_renders_the_minimum() -> None:
     kinds = sorted(d["kind"] for d in render())
-    assert kinds == ["ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    # the operator's ClusterRole and binding, and the people's (aggregated, unbound) ClusterRole
+    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
 
 
 def test_operator_deployment_is_restricted_and_probed() -> None:

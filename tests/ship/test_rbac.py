@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from makima.kube import USER_RULES
 from makima.kube_calls import OPERATOR_RULES
 
 from .chart import NAMESPACE, RELEASE, of_kind, render
@@ -48,8 +49,16 @@ def _expected(*, peering: str | None) -> Rules:
     return expected
 
 
+def _user_role(doc: dict[str, Any]) -> bool:
+    return doc["metadata"].get("labels", {}).get("makima.dev/role") == "user"
+
+
 def _bound_to_operator(docs: list[dict[str, Any]], binding_kind: str, role_kind: str) -> list[dict[str, Any]]:
-    roles = {(r["metadata"]["name"], r["metadata"].get("namespace")): r for r in of_kind(docs, role_kind)}
+    roles = {
+        (r["metadata"]["name"], r["metadata"].get("namespace")): r
+        for r in of_kind(docs, role_kind)
+        if not _user_role(r)  # for people (aggregated into edit/admin), tested below
+    }
     bound = []
     for binding in of_kind(docs, binding_kind):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{RELEASE}-makima", "namespace": NAMESPACE}]
@@ -104,3 +113,16 @@ def test_rbac_can_be_left_to_the_cluster_admin() -> None:
     assert not of_kind(docs, "ServiceAccount")
     (deploy,) = [d for d in of_kind(docs, "Deployment")]
     assert deploy["spec"]["template"]["spec"]["serviceAccountName"] == "makima-op"
+
+
+def test_user_role_grants_exactly_what_the_cli_uses_and_aggregates_into_edit() -> None:
+    docs = render({})
+    (role,) = [d for d in of_kind(docs, "ClusterRole") if _user_role(d)]
+    labels = role["metadata"]["labels"]
+    assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert _flatten(role["rules"]) == {(g, r): set(v) for g, r, v in USER_RULES}
+    # never bound to the operator's service account
+    bindings = of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding")
+    assert all(b["roleRef"]["name"] != role["metadata"]["name"] for b in bindings)
+    assert not [d for d in of_kind(render({"rbac": {"userRoles": False}}), "ClusterRole") if _user_role(d)]
