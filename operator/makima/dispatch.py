@@ -128,20 +128,19 @@ class TaskDispatcher:
         row, _created = await self.store.create_task(task)
         if row.state is not TaskState.PENDING:
             return row  # launched before (this is a re-applied action after a crash or a stale view)
+        # A fresh token each launch: only its hash is stored, so a pending task found after a
+        # crash cannot reuse the first one. The stored spec never holds credentials.
         token = new_token()
+        row = await self.store.update_fields(
+            row.id, row.version, token_hash=hash_token(token), spec=spec.model_dump(mode="json")
+        )
         route = route or Route(kind="job", daemon_id=None)
         if route.kind == "daemon" and route.daemon_id and self.hub is not None:
             creds = await self._credentials(directive)
             wire = spec.model_copy(update={"credentials": creds}) if creds else spec
-            row = await self.store.update_fields(
-                row.id, row.version, token_hash=hash_token(token), spec=spec.model_dump(mode="json")
-            )
             if await self.hub.spawn(route.daemon_id, wire, token):
                 return await self._dispatched(row, "daemon", route.daemon_id)
             log.info("daemon %s refused task %s; falling back to a Job", route.daemon_id, row.id)
-        row = await self.store.update_fields(
-            row.id, row.version, token_hash=hash_token(token), spec=spec.model_dump(mode="json")
-        )
         job_owner = owner or self._directive_obj(directive)
         await self.jobs.kube.delete_secret(row.namespace, naming.token_secret_name(row.id))  # stale token, if any
         job = await self.jobs.spawn(row, token, directive, job_owner)
@@ -190,6 +189,7 @@ class TaskDispatcher:
             "task": {"id": task.id, "executor": task.executor, "name": task.executor_ref},
             "branch": action.workspace.branch,
             "startedAt": now.isoformat().replace("+00:00", "Z"),
+            "finishedAt": None,
             "nextAttemptAt": None,
             "message": f"attempt {action.attempt} running on {task.executor or 'job'}",
         }
