@@ -427,9 +427,14 @@ class Controller:
             metrics.STEPS_BY_PHASE.labels(phase=phase).set(n)
 
     async def job_finished(self, task_id: str, outcome: str, reason: str) -> None:
-        """A Job ended or vanished; only matters when its runner could not report (OOMKilled, deleted)."""
+        """A Job ended or vanished: its token Secret goes now (the token is dead anyway), and the
+        task fails or is lost if its runner could not report (OOMKilled, deleted)."""
         task = await self.store.get_task(task_id)
-        if task is None or not task.state.active or task.executor != "job":
+        if task is None:
+            return
+        if outcome != "lost":
+            await self.dispatcher.jobs.release(task)
+        if not task.state.active or task.executor != "job":
             return
         state = TaskState.LOST if outcome == "lost" else TaskState.FAILED
         if outcome == "succeeded":

@@ -39,6 +39,13 @@ async def test_example_directive_completes_with_a_pull_request(
     core = steps["core"]["status"]
     assert git("-C", str(origin), "log", "-1", "--format=%s", core["commit"]) == "Write the greeting function"
     assert len(await api.jobs()) == 6 + 2  # planning + six steps + completion
+    # Each finished Job's token Secret is gone (the token died with its task anyway).
+    for _ in range(50):
+        secrets = await api.request("GET", "/api/v1/namespaces/default/secrets?labelSelector=makima.dev/task")
+        if not secrets["items"]:
+            break
+        await asyncio.sleep(0.1)
+    assert [s["metadata"]["name"] for s in secrets["items"]] == []
     refs = git("-C", str(origin), "for-each-ref", "--format=%(refname)", "refs/makima/pulls")
     assert refs, "no pull request recorded in the repository"
     # Events a person reads in `kubectl describe` (posted right after the status patch).
