@@ -125,7 +125,7 @@ class TaskDispatcher:
         self, directive: Directive, task: Task, spec: TaskSpec, route: Route | None, owner: dict[str, Any] | None
     ) -> Task:
         row: Task
-        row, _created = await self.store.create_task(task)
+        row, created = await self.store.create_task(task)
         if row.state is not TaskState.PENDING:
             return row  # launched before (this is a re-applied action after a crash or a stale view)
         # A fresh token each launch: only its hash is stored, so a pending task found after a
@@ -142,7 +142,9 @@ class TaskDispatcher:
                 return await self._dispatched(row, "daemon", route.daemon_id)
             log.info("daemon %s refused task %s; falling back to a Job", route.daemon_id, row.id)
         job_owner = owner or self._directive_obj(directive)
-        await self.jobs.kube.delete_secret(row.namespace, naming.token_secret_name(row.id))  # stale token, if any
+        if not created:
+            # A pending row from before a crash may have a Secret with the old token: replace it.
+            await self.jobs.kube.delete_secret(row.namespace, naming.token_secret_name(row.id))
         job = await self.jobs.spawn(row, token, directive, job_owner)
         return await self._dispatched(row, "job", job)
 
