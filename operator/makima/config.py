@@ -27,6 +27,9 @@ class OperatorSettings(BaseSettings):
     job_service_account: str | None = None
     daemon_heartbeat_seconds: float = Field(default=10.0, gt=0)
     daemon_lost_after_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="A Job task silent this long, or a task never launched, is lost."
+    )
     retry_base_seconds: float = Field(default=10.0, ge=0)
     retry_max_seconds: float = Field(default=600.0, ge=0)
     peering: str | None = Field(default=None, description="kopf peering name; unset = standalone.")

@@ -74,6 +74,7 @@ async def build(settings: OperatorSettings, stack: AsyncExitStack, kubeconfig: s
         retry_base_seconds=settings.retry_base_seconds,
         retry_max_seconds=settings.retry_max_seconds,
         daemon_lost_after_seconds=settings.daemon_lost_after_seconds,
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
     )
     controller = Controller(
         kube, store, dispatcher, config, steps_source=lambda key: [], daemons=hub, fast_path=not settings.poll_only
