@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install demo test lint typecheck unit e2e crds bench clean
+.PHONY: install demo test lint typecheck unit e2e crds bench clean control-plane cluster-up cluster-down
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -22,8 +22,21 @@ lint: install
 typecheck: install
 	$(VENV)/bin/mypy
 
+# The upstream control plane (kube-apiserver, kube-controller-manager, etcd) built from the Go
+# module proxy into ~/.cache/makima/control-plane/<release>/, once per machine.
+control-plane: install
+	$(PY) -m tests.realcluster build
+
+cluster-up: control-plane
+	$(PY) -m tests.realcluster up
+
+cluster-down: install
+	$(PY) -m tests.realcluster down
+
 # The whole default suite; pytest's exit code 5 (nothing collected) is a failure here.
+# Builds (or reuses) the control plane first; without Go its tests skip with the reason.
 test: install lint typecheck
+	$(PY) -m tests.realcluster build --if-possible
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not e2e"
 
 unit: install

@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.support.pg",
     "tests.support.sandbox",
+    "tests.support.realcluster",
 ]

@@ -55,12 +55,16 @@ def _real_endpoint() -> Endpoint:
 
 @pytest.fixture(scope="session", params=["sandbox", "real"])
 def endpoint(request: pytest.FixtureRequest, sandbox_session: SandboxThread) -> Iterator[Endpoint]:
+    """The sandbox, or a real API server: the one KUBECONFIG names when MAKIMA_CONTRACT_REAL=1,
+    else the upstream control plane built and started by the suite (tests/realcluster)."""
     if request.param == "sandbox":
         yield Endpoint(sandbox_session.url, False)
         return
-    if os.environ.get("MAKIMA_CONTRACT_REAL") != "1" or not os.environ.get("KUBECONFIG"):
-        pytest.skip("real cluster: set MAKIMA_CONTRACT_REAL=1 and KUBECONFIG to a real cluster to run")
-    yield _real_endpoint()
+    if os.environ.get("MAKIMA_CONTRACT_REAL") == "1" and os.environ.get("KUBECONFIG"):
+        yield _real_endpoint()
+        return
+    cluster = request.getfixturevalue("real_cluster")
+    yield Endpoint(cluster.url, True, cluster.ssl_context())
 
 
 class ApiFailure(Exception):

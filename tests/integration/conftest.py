@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
+import ssl
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +38,21 @@ def free_port() -> int:
 class Api:
     """A small raw client of the sandbox for assertions (what kubectl would see)."""
 
-    def __init__(self, url: str, session: aiohttp.ClientSession, namespace: str = "default") -> None:
+    def __init__(
+        self,
+        url: str,
+        session: aiohttp.ClientSession,
+        namespace: str = "default",
+        ssl_context: ssl.SSLContext | bool = False,
+    ) -> None:
         self.url = url
         self.session = session
         self.namespace = namespace
+        self.ssl = ssl_context
 
     async def request(self, method: str, path: str, body: Any = None, content_type: str | None = None) -> Any:
         headers = {"Content-Type": content_type} if content_type else {}
-        async with self.session.request(method, self.url + path, json=body, headers=headers) as resp:
+        async with self.session.request(method, self.url + path, json=body, headers=headers, ssl=self.ssl) as resp:
             data = await resp.json()
             if resp.status >= 400:
                 raise AssertionError(f"{method} {path}: {resp.status} {data}")
@@ -82,6 +91,19 @@ class Api:
         items: list[dict[str, Any]] = data["items"]
         return items
 
+    async def pods(self) -> list[dict[str, Any]]:
+        data = await self.request("GET", f"/api/v1/namespaces/{self.namespace}/pods")
+        items: list[dict[str, Any]] = data["items"]
+        return items
+
+    async def eventually(self, check: Callable[[], Awaitable[bool]], what: str, timeout: float = 60) -> None:
+        """Poll `check` until it holds; fail with `what` after `timeout` seconds."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await check():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"not true after {timeout:.0f} s: {what}")
+            await asyncio.sleep(0.1)
+
     async def wait_for(
         self, name: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = 60, what: str = ""
     ) -> dict[str, Any]:
@@ -98,26 +120,50 @@ class Api:
 
 
 @pytest.fixture
-async def sandbox() -> AsyncIterator[SandboxThread]:
+def sandbox() -> Iterator[SandboxThread]:
     # On its own loop, as a real API server would be: kopf, on stopping, waits for (and then
     # cancels) every task created after its start, which would include the sandbox's own.
     sb = SandboxThread(bookmark_interval=2.0)
-    await asyncio.to_thread(sb.start)
+    sb.start()
     try:
-        async with aiohttp.ClientSession() as session:
-            for crd in all_crds().values():
-                url = f"{sb.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
-                async with session.post(url, json=crd) as r:
-                    assert r.status == 201, await r.text()
+        for crd in all_crds().values():
+            sb.apply(crd)
         yield sb
     finally:
-        await asyncio.to_thread(sb.stop)
+        sb.stop()
+
+
+@dataclasses.dataclass
+class Target:
+    """Where a scenario runs: the sandbox, or the real control plane with the chart's RBAC."""
+
+    kind: str
+    url: str
+    kubeconfig: Path  # the operator's credentials
+    namespace: str
+    ssl: ssl.SSLContext | bool = False
+    watch: list[str] = dataclasses.field(default_factory=list)  # the operator's namespaces (empty: all)
+
+
+@pytest.fixture(params=["sandbox"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
+    """The sandbox by default; tests parametrised with `cluster=["sandbox", "real"]` (indirect)
+    also run against kube-apiserver, kube-controller-manager and the node agent."""
+    if request.param == "sandbox":
+        sb: SandboxThread = request.getfixturevalue("sandbox")
+        yield Target("sandbox", sb.url, sb.kubeconfig, "default")
+        return
+    from .realenv import operator_install
+
+    real = request.getfixturevalue("real_cluster")
+    with operator_install(real, tmp_path) as (namespace, kubeconfig):
+        yield Target("real", real.url, kubeconfig, namespace, real.ssl_context(), [namespace])
 
 
 @pytest.fixture
-async def api(sandbox: SandboxThread) -> AsyncIterator[Api]:
+async def api(cluster: Target) -> AsyncIterator[Api]:
     async with aiohttp.ClientSession() as session:
-        yield Api(sandbox.url, session)
+        yield Api(cluster.url, session, cluster.namespace, cluster.ssl)
 
 
 OperatorFactory = Callable[..., Awaitable[Operator]]
@@ -125,14 +171,14 @@ OperatorFactory = Callable[..., Awaitable[Operator]]
 
 @pytest.fixture
 async def start_operator(
-    sandbox: SandboxThread,
+    cluster: Target,
     pg_dsn: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[OperatorFactory]:
     """Start (and, for restart tests, stop and start again) an operator in this loop."""
-    monkeypatch.setenv("KUBECONFIG", str(sandbox.kubeconfig))
+    monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
     running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
 
     async def start(**overrides: Any) -> Operator:
@@ -146,13 +192,15 @@ async def start_operator(
             "retry_max_seconds": 1.0,
             "state_dir": tmp_path / "state",
         }
+        if cluster.watch:
+            values["namespaces"] = cluster.watch
         values.update(overrides)
         settings = OperatorSettings(**values)
         stop, ready = asyncio.Event(), asyncio.Event()
         built: list[Operator] = []
         task = asyncio.create_task(
             run_operator(
-                settings, kubeconfig=str(sandbox.kubeconfig), stop_flag=stop, ready_flag=ready, on_built=built.append
+                settings, kubeconfig=str(cluster.kubeconfig), stop_flag=stop, ready_flag=ready, on_built=built.append
             )
         )
         running.append((stop, task))

@@ -1,15 +1,21 @@
-"""The example directive end to end: kopf + API + store + sandbox Jobs running the real runner."""
+"""The example directive end to end: kopf + API + store + Jobs running the real runner, on the
+sandbox and on the real control plane (kube-apiserver, the real Job controller and garbage
+collector, the node agent running pods; the operator with the chart's RBAC)."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
+from typing import Any
 
-from .conftest import Api, OperatorFactory, example_directive, git
+import pytest
+
+from .conftest import Api, OperatorFactory, Target, example_directive, git
+
+pytestmark = pytest.mark.parametrize("cluster", ["sandbox", "real"], indirect=True)
 
 
 async def test_example_directive_completes_with_a_pull_request(
-    api: Api, start_operator: OperatorFactory, origin: Path, tmp_path: Path
+    api: Api, start_operator: OperatorFactory, origin: Path, tmp_path: Path, cluster: Target
 ) -> None:
     await start_operator()
     await api.apply_directive(example_directive(origin))
@@ -40,23 +46,33 @@ async def test_example_directive_completes_with_a_pull_request(
     assert git("-C", str(origin), "log", "-1", "--format=%s", core["commit"]) == "Write the greeting function"
     assert len(await api.jobs()) == 6 + 2  # planning + six steps + completion
     # Each finished Job's token Secret is gone (the token died with its task anyway).
-    for _ in range(50):
-        secrets = await api.request("GET", "/api/v1/namespaces/default/secrets?labelSelector=makima.dev/task")
-        if not secrets["items"]:
-            break
-        await asyncio.sleep(0.1)
-    assert [s["metadata"]["name"] for s in secrets["items"]] == []
+    secrets: list[dict[str, Any]] = []
+
+    async def no_token_secrets() -> bool:
+        path = f"/api/v1/namespaces/{api.namespace}/secrets?labelSelector=makima.dev/task"
+        secrets[:] = (await api.request("GET", path))["items"]
+        return not secrets
+
+    await api.eventually(no_token_secrets, "every task's token Secret deleted")
     refs = git("-C", str(origin), "for-each-ref", "--format=%(refname)", "refs/makima/pulls")
     assert refs, "no pull request recorded in the repository"
     # Events a person reads in `kubectl describe` (posted right after the status patch).
-    for _ in range(50):
-        reasons = [e["reason"] for e in await api.events()]
-        if "PullRequestOpened" in reasons:
-            break
-        await asyncio.sleep(0.1)
-    assert {"Planned", "StepStarted", "StepSucceeded", "PullRequestOpened"} <= set(reasons), reasons
+    wanted = {"Planned", "StepStarted", "StepSucceeded", "PullRequestOpened"}
 
+    async def events_posted() -> bool:
+        return wanted <= {e["reason"] for e in await api.events()}
+
+    await api.eventually(events_posted, f"events {sorted(wanted)} posted")
     assert_calls_have_rbac_rules()
+
+    # Deleting the directive takes its steps, Jobs and pods with it (ownerReferences, the
+    # garbage collector) once the finalizer has cancelled what still runs.
+    await api.delete_directive("greeter")
+
+    async def all_gone() -> bool:
+        return not (await api.steps("greeter")) and not (await api.jobs()) and not (await api.pods())
+
+    await api.eventually(all_gone, "steps, Jobs and pods garbage-collected", timeout=120)
 
 
 def assert_calls_have_rbac_rules() -> None:

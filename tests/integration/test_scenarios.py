@@ -20,6 +20,9 @@ from makima.tasks import Task, TaskKind, TaskState
 
 from .conftest import Api, OperatorFactory, git, scripted
 
+# Every scenario on the sandbox and on the real control plane (see conftest.cluster).
+pytestmark = pytest.mark.parametrize("cluster", ["sandbox", "real"], indirect=True)
+
 
 @pytest.fixture(autouse=True)
 def kopf_quiet(caplog: pytest.LogCaptureFixture) -> Iterator[None]:

@@ -1,0 +1,10 @@
+// etcd for the real-cluster tests: the upstream server's own entry point.
+package main
+
+import (
+	"os"
+
+	"go.etcd.io/etcd/server/v3/etcdmain"
+)
+
+func main() { etcdmain.Main(os.Args) }
