@@ -101,8 +101,10 @@ async def test_cascading_deletion(kube: Kube) -> None:
     cm = {"metadata": {"name": "cm", "ownerReferences": [ref]}, "data": {"a": "b"}}
     await kube.post(kube.ns("configmaps", group_version="/api/v1"), cm)
     await kube.delete(kube.ns("widgets", "owner"), {"propagationPolicy": "Background"})
-    await kube.eventually(lambda: kube.gone(kube.ns("widgets", "child")), timeout=30)
-    await kube.eventually(lambda: kube.gone(kube.ns("configmaps", "cm", group_version="/api/v1")), timeout=30)
+    # The real garbage collector starts monitoring a new CRD's kind at its next discovery
+    # resync (every 30 s), so a just-created CRD's objects may wait that long.
+    await kube.eventually(lambda: kube.gone(kube.ns("widgets", "child")), timeout=120)
+    await kube.eventually(lambda: kube.gone(kube.ns("configmaps", "cm", group_version="/api/v1")), timeout=120)
 
 
 async def test_watch_resumes_from_resource_version(kube: Kube) -> None:

@@ -58,7 +58,7 @@ def install_crds(real: RealCluster) -> None:
             got = real.ok("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
             return any(
                 c["type"] == "Established" and c["status"] == "True"
-                for c in got.get("status", {}).get("conditions", [])
+                for c in (got.get("status") or {}).get("conditions") or []
             )
 
         eventually(established, f"CRD {crd['metadata']['name']} established")
