@@ -62,6 +62,11 @@ def install_crds(real: RealCluster) -> None:
             )
 
         eventually(established, f"CRD {crd['metadata']['name']} established")
+        # Established is not yet served: until the watch cache of a new kind is initialised,
+        # lists answer 429 "storage is (re)initializing" (kopf retries, but logs an error).
+        spec = crd["spec"]
+        listing = f"/apis/{spec['group']}/{spec['versions'][0]['name']}/{spec['names']['plural']}"
+        eventually(lambda path=listing: real.call("GET", path)[0] == 200, f"{listing} served")
     _crds_installed.add(real.url)
 
 
