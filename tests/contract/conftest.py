@@ -32,6 +32,7 @@ TABLE = "application/json;as=Table;g=meta.k8s.io;v=v1"
 class Endpoint:
     url: str
     real: bool
+    local_pods: bool = True  # pods run as processes of this machine (sandbox, node agent)
     ssl: ssl.SSLContext | bool = False
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
@@ -50,7 +51,7 @@ def _real_endpoint() -> Endpoint:
     token = cfg.api_key.get("authorization") or cfg.api_key.get("BearerToken")
     if token:
         headers["Authorization"] = token if token.startswith("Bearer") else f"Bearer {token}"
-    return Endpoint(cfg.host, True, ctx, headers)
+    return Endpoint(cfg.host, True, ssl=ctx, headers=headers)
 
 
 @pytest.fixture(scope="session", params=["sandbox", "real"])
@@ -61,10 +62,12 @@ def endpoint(request: pytest.FixtureRequest, sandbox_session: SandboxThread) -> 
         yield Endpoint(sandbox_session.url, False)
         return
     if os.environ.get("MAKIMA_CONTRACT_REAL") == "1" and os.environ.get("KUBECONFIG"):
-        yield _real_endpoint()
+        endpoint = _real_endpoint()
+        endpoint.local_pods = False
+        yield endpoint
         return
     cluster = request.getfixturevalue("real_cluster")
-    yield Endpoint(cluster.url, True, cluster.ssl_context())
+    yield Endpoint(cluster.url, True, ssl=cluster.ssl_context())
 
 
 class ApiFailure(Exception):

@@ -1,0 +1,104 @@
+"""The `makima` CLI's calls with exactly the people's role the chart renders, on the real API server.
+
+A person is a ServiceAccount here (its token in a kubeconfig), bound in one namespace to the
+chart's `-user` ClusterRole, as `edit` would aggregate it. Everything the CLI does must be
+allowed; what the role does not grant must be refused by the real RBAC authorizer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from makima.kube import KubeError, UserKube
+from tests.ship.chart import chart
+from tests.support.realcluster import RealCluster
+
+from .conftest import example_directive
+from .realenv import eventually, install_crds, path_of
+
+GROUP = "/apis/makima.dev/v1alpha1"
+
+
+def user_role(release: str) -> dict[str, Any]:
+    import yaml
+
+    files = chart().render({}, name=release, namespace="makima-system", is_install=True)
+    docs = [d for p, t in files.items() if not p.endswith("NOTES.txt") for d in yaml.safe_load_all(t) if d]
+    return next(d for d in docs if d.get("kind") == "ClusterRole" and d["metadata"]["name"].endswith("-user"))
+
+
+@pytest.fixture
+def person(real_cluster: RealCluster, tmp_path: Path) -> Iterator[tuple[UserKube, str]]:
+    install_crds(real_cluster)
+    suffix = uuid.uuid4().hex[:8]
+    ns, release = f"people-{suffix}", f"mk{suffix}"
+    real_cluster.ok("POST", "/api/v1/namespaces", {"metadata": {"name": ns}})
+    role = user_role(release)
+    real_cluster.ok("POST", path_of(role), role)
+    real_cluster.ok("POST", f"/api/v1/namespaces/{ns}/serviceaccounts", {"metadata": {"name": "alice"}})
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "alice", "namespace": ns},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]},
+        "subjects": [{"kind": "ServiceAccount", "name": "alice", "namespace": ns}],
+    }
+    real_cluster.ok("POST", path_of(binding), binding)
+    kube = UserKube.from_kubeconfig(str(real_cluster.kubeconfig_for(tmp_path / "alice.kubeconfig", ns, "alice")))
+    try:
+        yield kube, ns
+    finally:
+        kube.close()
+        real_cluster.call("DELETE", f"{path_of(role)}/{role['metadata']['name']}")
+        real_cluster.call("DELETE", f"/api/v1/namespaces/{ns}")
+
+
+def test_the_cli_works_with_the_peoples_role_and_nothing_more(
+    real_cluster: RealCluster, person: tuple[UserKube, str], tmp_path: Path
+) -> None:
+    kube, ns = person
+    created = kube.create_directive(ns, example_directive(tmp_path / "origin.git"))
+    name = created["metadata"]["name"]
+    assert [d["metadata"]["name"] for d in kube.list_directives(ns)] == [name]
+    assert kube.get_directive(ns, name) is not None
+    # A step the operator would have made (admin), Failed, so that a retry has something to do.
+    step = {
+        "apiVersion": "makima.dev/v1alpha1",
+        "kind": "DirectiveStep",
+        "metadata": {"name": f"{name}-core", "labels": {"makima.dev/directive": name, "makima.dev/step": "core"}},
+        "spec": {"directive": name, "title": "core", "orderIndex": 0, "generation": 1},
+    }
+    real_cluster.ok("POST", f"{GROUP}/namespaces/{ns}/directivesteps", step)
+    real_cluster.ok(
+        "PATCH",
+        f"{GROUP}/namespaces/{ns}/directivesteps/{name}-core/status",
+        {"status": {"phase": "Failed", "attempts": 3, "message": "boom"}},
+        "application/merge-patch+json",
+    )
+    assert [s["metadata"]["name"] for s in kube.list_steps(ns, name)] == [f"{name}-core"]
+    kube.list_events(ns, name)
+    paused = kube.set_paused(ns, name, True)
+    assert paused is not None and paused["spec"]["paused"] is True
+    assert kube.set_paused(ns, name, False) is not None
+    kube.retry_step(ns, f"{name}-core")  # allowed: no KubeError 403
+
+    # Outside the role: Secrets, Jobs, step status forged by hand, anything in another namespace.
+    for forbidden in (
+        lambda: kube.core.list_namespaced_secret(ns),
+        lambda: client.BatchV1Api(kube.api).list_namespaced_job(ns),
+    ):
+        with pytest.raises(ApiException) as denied:
+            forbidden()
+        assert denied.value.status == 403
+    with pytest.raises(KubeError) as elsewhere:
+        kube.list_directives("default")
+    assert elsewhere.value.status == 403
+    assert kube.delete_directive(ns, name) is True
+    eventually(lambda: kube.get_directive(ns, name) is None, "directive deleted")
