@@ -78,7 +78,7 @@ def build(log: Any = None) -> Path:
         staging = target / ".staging"
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
-        env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
+        env = {**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod -buildvcs=false"}
         cmd = [
             go,
             "build",
