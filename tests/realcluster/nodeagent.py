@@ -38,13 +38,9 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from makima.sandbox.jobs import _expand
+from makima.sandbox import podenv
 
 log = logging.getLogger("node-agent")
-
-
-class ConfigError(Exception):
-    """A Secret/ConfigMap (key) the pod needs does not exist yet: the pod waits, as on a node."""
 
 
 def now() -> str:
@@ -241,19 +237,22 @@ class NodeAgent:
         started = now()
         while True:
             try:
-                env, volumes = await self.environment(pod, container, root)
+                env, volumes = await self.environment(pod, root)
                 break
-            except ConfigError as exc:
+            except podenv.ConfigError as exc:
                 await self.set_status(
                     pod,
                     self._container_status(pod, container, started, waiting=("CreateContainerConfigError", str(exc))),
                 )
+                status, current = await self.call("GET", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}")
+                if status == 404 or (status == 200 and current["metadata"].get("deletionTimestamp")):
+                    self.finished.add(uid)
+                    if status == 200:
+                        await self.remove(current)
+                    return
                 await asyncio.sleep(0.5)
-        argv = [_expand(a, env) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
-        cwd = root / "work"
-        for mount in container.get("volumeMounts") or []:
-            if mount.get("mountPath") == container.get("workingDir") and mount["name"] in volumes:
-                cwd = volumes[mount["name"]]
+        argv = [podenv.expand(a, env) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
+        cwd = podenv.working_dir(pod, volumes, root / "work")
         cwd.mkdir(parents=True, exist_ok=True)
         if not container.get("command"):
             await self.finish(
@@ -362,87 +361,28 @@ class NodeAgent:
 
     # -- env and volumes ----------------------------------------------------------------------
 
-    async def data(self, kind: str, namespace: str, name: str) -> dict[str, str]:
-        status, obj = await self.call("GET", f"/api/v1/namespaces/{namespace}/{kind}/{name}")
-        if status != 200:
-            raise ConfigError(f'{kind[:-1]} "{name}" not found')
-        raw = obj.get("data") or {}
-        if kind == "secrets":
-            return {k: base64.b64decode(v).decode(errors="replace") for k, v in raw.items()}
-        return dict(raw)
-
-    async def environment(
-        self, pod: dict[str, Any], container: dict[str, Any], root: Path
-    ) -> tuple[dict[str, str], dict[str, Path]]:
+    async def data(self, pod: dict[str, Any]) -> dict[podenv.Ref, dict[str, str] | None]:
+        """The decoded data of every Secret/ConfigMap the pod names (None where one is missing)."""
         ns = pod["metadata"]["namespace"]
-        env = {
+        found: dict[podenv.Ref, dict[str, str] | None] = {}
+        for kind, name in podenv.references(pod):
+            status, obj = await self.call("GET", f"/api/v1/namespaces/{ns}/{kind}/{name}")
+            raw = (obj.get("data") or {}) if status == 200 else None
+            if raw is not None and kind == "secrets":
+                raw = {k: base64.b64decode(v).decode(errors="replace") for k, v in raw.items()}
+            found[(kind, name)] = raw
+        return found
+
+    async def environment(self, pod: dict[str, Any], root: Path) -> tuple[dict[str, str], dict[str, Path]]:
+        base = {
             "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
             "HOME": str(root / "home"),
             "HOSTNAME": pod["metadata"]["name"],
             "LANG": os.environ.get("LANG", "C.UTF-8"),
         }
-        for source in container.get("envFrom") or []:
-            prefix = source.get("prefix", "")
-            for kind, ref in (("secrets", source.get("secretRef")), ("configmaps", source.get("configMapRef"))):
-                if ref:
-                    try:
-                        env.update({prefix + k: v for k, v in (await self.data(kind, ns, ref["name"])).items()})
-                    except ConfigError:
-                        if not ref.get("optional"):
-                            raise
-        for var in container.get("env") or []:
-            value = await self.env_value(pod, var, env)
-            if value is not None:
-                env[var["name"]] = value
-        volumes: dict[str, Path] = {}
-        for volume in pod["spec"].get("volumes") or []:
-            path = root / "volumes" / volume["name"]
-            path.mkdir(parents=True, exist_ok=True)
-            for kind, fld, ref_key in (("secrets", "secret", "secretName"), ("configmaps", "configMap", "name")):
-                if fld in volume:
-                    ref = volume[fld]
-                    try:
-                        data = await self.data(kind, ns, ref[ref_key])
-                    except ConfigError:
-                        if ref.get("optional"):
-                            continue
-                        raise
-                    for item in ref.get("items") or [{"key": k, "path": k} for k in data]:
-                        target = path / item["path"]
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        target.write_text(data.get(item["key"], ""))
-            volumes[volume["name"]] = path
-            env["MAKIMA_SANDBOX_MOUNT_" + volume["name"].upper().replace("-", "_")] = str(path)
-        return env, volumes
-
-    async def env_value(self, pod: dict[str, Any], var: dict[str, Any], env: dict[str, str]) -> str | None:
-        if "value" in var:
-            return _expand(str(var["value"]), env)
-        source = var.get("valueFrom") or {}
-        ns = pod["metadata"]["namespace"]
-        for kind, fld in (("secrets", "secretKeyRef"), ("configmaps", "configMapKeyRef")):
-            ref = source.get(fld)
-            if ref:
-                try:
-                    data = await self.data(kind, ns, ref["name"])
-                    if ref["key"] not in data:
-                        raise ConfigError(f"couldn't find key {ref['key']} in {kind[:-1]} {ns}/{ref['name']}")
-                except ConfigError:
-                    if ref.get("optional"):
-                        return None
-                    raise
-                return data[ref["key"]]
-        if "fieldRef" in source:
-            fields = {
-                "metadata.name": pod["metadata"]["name"],
-                "metadata.namespace": ns,
-                "metadata.uid": pod["metadata"]["uid"],
-                "spec.nodeName": self.node,
-                "status.hostIP": "127.0.0.1",
-                "status.podIP": "127.0.0.1",
-            }
-            return fields.get(str(source["fieldRef"].get("fieldPath", "")), "")
-        return ""
+        data = await self.data(pod)
+        volumes = podenv.write_volumes(pod, data, root / "volumes")
+        return podenv.environment(pod, data, base, self.node, volumes), volumes
 
 
 def log_app(agent: NodeAgent) -> web.Application:

@@ -24,7 +24,6 @@ import contextlib
 import functools
 import logging
 import os
-import re
 import secrets
 import signal
 import string
@@ -33,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import podenv
 from .cluster import Cluster, now_iso
 from .errors import ApiError
 from .store import Event
@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 
 JOBS = ("batch", "jobs")
 PODS = ("", "pods")
-
-
-class _ConfigError(Exception):
-    """The pod's env or volumes name a Secret/ConfigMap (key) that does not exist (yet)."""
 
 
 class JobController:
@@ -242,9 +238,9 @@ class JobController:
         started = now_iso()
         while True:  # a missing Secret/ConfigMap keeps the pod waiting, as on a node
             try:
-                env = self._env(pod, container, root)
+                env = self._env(pod, root)
                 break
-            except _ConfigError as exc:
+            except podenv.ConfigError as exc:
                 self._pod_status(
                     pod,
                     {
@@ -263,7 +259,7 @@ class JobController:
                 if deadline is not None and time.monotonic() >= deadline:
                     return "DeadlineExceeded"
                 await asyncio.sleep(0.3)
-        argv = [_expand(a, env) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
+        argv = [podenv.expand(a, env) for a in [*(container.get("command") or []), *(container.get("args") or [])]]
         if not container.get("command"):
             return self._finish(
                 pod,
@@ -384,95 +380,31 @@ class JobController:
 
     # -- env and volumes -------------------------------------------------------------------------
 
-    def _lookup(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
-        rt = self.cluster.resource("", "v1", kind)
-        try:
-            return self.cluster.get(rt, namespace, name)
-        except ApiError as exc:
-            raise _ConfigError(f'{kind[:-1]} "{name}" not found') from exc
-
-    def _data(self, kind: str, namespace: str, name: str) -> dict[str, str]:
-        obj = self._lookup(kind, namespace, name)
-        if kind == "secrets":
-            return {k: base64.b64decode(v).decode(errors="replace") for k, v in (obj.get("data") or {}).items()}
-        return dict(obj.get("data") or {})
-
-    def _env(self, pod: dict[str, Any], container: dict[str, Any], root: Path) -> dict[str, str]:
+    def _data(self, pod: dict[str, Any]) -> dict[podenv.Ref, dict[str, str] | None]:
+        """The decoded data of every Secret/ConfigMap the pod names (None where one is missing)."""
         ns = pod["metadata"]["namespace"]
-        venv_bin = str(Path(sys.executable).parent)
-        env = {
-            "PATH": os.pathsep.join([venv_bin, os.environ.get("PATH", "/usr/bin:/bin")]),
+        found: dict[podenv.Ref, dict[str, str] | None] = {}
+        for kind, name in podenv.references(pod):
+            try:
+                obj = self.cluster.get(self.cluster.resource("", "v1", kind), ns, name)
+            except ApiError:
+                found[(kind, name)] = None
+                continue
+            raw = obj.get("data") or {}
+            if kind == "secrets":
+                found[(kind, name)] = {k: base64.b64decode(v).decode(errors="replace") for k, v in raw.items()}
+            else:
+                found[(kind, name)] = dict(raw)
+        return found
+
+    def _env(self, pod: dict[str, Any], root: Path) -> dict[str, str]:
+        base = {
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
             "HOME": str(root / "home"),
             "HOSTNAME": pod["metadata"]["name"],
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             **self.env,
         }
-        for source in container.get("envFrom") or []:
-            prefix = source.get("prefix", "")
-            for kind, ref in (("secrets", source.get("secretRef")), ("configmaps", source.get("configMapRef"))):
-                if ref:
-                    try:
-                        env.update({prefix + k: v for k, v in self._data(kind, ns, ref["name"]).items()})
-                    except _ConfigError:
-                        if not ref.get("optional"):
-                            raise
-        for var in container.get("env") or []:
-            value = self._env_value(pod, var, env)
-            if value is not None:
-                env[var["name"]] = value
-        for volume in pod["spec"].get("volumes") or []:
-            path = root / "volumes" / volume["name"]
-            path.mkdir(parents=True, exist_ok=True)
-            for kind, field, ref_key in (("secrets", "secret", "secretName"), ("configmaps", "configMap", "name")):
-                if field in volume:
-                    ref = volume[field]
-                    try:
-                        data = self._data(kind, ns, ref[ref_key])
-                    except _ConfigError:
-                        if ref.get("optional"):
-                            continue
-                        raise
-                    items = ref.get("items") or [{"key": k, "path": k} for k in data]
-                    for item in items:
-                        target = path / item["path"]
-                        target.parent.mkdir(parents=True, exist_ok=True)
-                        target.write_text(data.get(item["key"], ""))
-            env["MAKIMA_SANDBOX_MOUNT_" + volume["name"].upper().replace("-", "_")] = str(path)
-        return env
-
-    def _env_value(self, pod: dict[str, Any], var: dict[str, Any], env: dict[str, str]) -> str | None:
-        if "value" in var:
-            return _expand(str(var["value"]), env)
-        source = var.get("valueFrom") or {}
-        ns = pod["metadata"]["namespace"]
-        for kind, field in (("secrets", "secretKeyRef"), ("configmaps", "configMapKeyRef")):
-            ref = source.get(field)
-            if ref:
-                try:
-                    data = self._data(kind, ns, ref["name"])
-                    if ref["key"] not in data:
-                        raise _ConfigError(f"couldn't find key {ref['key']} in {kind[:-1]} {ns}/{ref['name']}")
-                except _ConfigError:
-                    if ref.get("optional"):
-                        return None
-                    raise
-                return str(data[ref["key"]])
-        if "fieldRef" in source:
-            path = str(source["fieldRef"].get("fieldPath", ""))
-            fields: dict[str, str] = {
-                "metadata.name": pod["metadata"]["name"],
-                "metadata.namespace": ns,
-                "metadata.uid": pod["metadata"]["uid"],
-                "spec.nodeName": "sandbox",
-            }
-            return fields.get(path, "")
-        return ""
-
-
-def _expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' `$(VAR)` expansion; `$$(VAR)` escapes it; unknown variables stay as written."""
-    return re.sub(
-        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
-        text,
-    )
+        data = self._data(pod)
+        volumes = podenv.write_volumes(pod, data, root / "volumes")
+        return podenv.environment(pod, data, base, "sandbox", volumes)
