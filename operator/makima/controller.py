@@ -274,7 +274,8 @@ class Controller:
                 times.append(t.deadline_at)
             elif (
                 t.kind in (TaskKind.PLANNING, TaskKind.COMPLETION)
-                and t.state in (TaskState.FAILED, TaskState.LOST)
+                # a planning task that succeeded without a usable plan is retried too
+                and (t.state in (TaskState.FAILED, TaskState.LOST) or t.kind is TaskKind.PLANNING)
                 and t.finished_at is not None
             ):
                 times.append(t.finished_at + backoff(t.attempt, self.config))

@@ -18,7 +18,7 @@ from makima.reconcile import (
     decide,
 )
 from makima.tasks import TaskKind, TaskState
-from tests.unit.sim import T0, World, directive, subs_wire
+from tests.unit.sim import World, directive, subs_wire
 
 CFG = ReconcileConfig()
 GOAL = "Greet by name."
