@@ -635,8 +635,20 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
             actions.insert(actions.index(plan.created), SetDirectiveStatus(status))
         else:
             actions.append(SetDirectiveStatus(status))
-    actions.extend(events)
+    actions.extend(EmitEvent(e.type, e.reason, one_line(e.message)) for e in events)
     return actions
+
+
+def one_line(message: str, limit: int = 1024) -> str:
+    """An Event message as `kubectl describe` can show it in its table: the first non-blank
+    line, then a pointer to the rest (a task's full output is in its log: `makima logs`)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if len(lines) > 1:
+        first += f" (+{len(lines) - 1} more lines in the task log)"
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def reject_invalid(cur: DirectiveStatus, generation: int, error: Any, now: datetime) -> list[Action]:
@@ -1277,4 +1289,5 @@ __all__ = [
     "backoff",
     "choose_route",
     "decide",
+    "one_line",
 ]

@@ -174,3 +174,18 @@ def test_the_updated_pull_request_lists_older_generations_first() -> None:
     assert [line.split("`")[1] for line in lines] == ["core", "cli", "aaa-loud"]
     assert [t.step_name for t in world.tasks.values() if t.kind is TaskKind.STEP][-1] == "aaa-loud"
     assert world.steps["aaa-loud"].status.phase is StepPhase.SUCCEEDED
+
+
+def test_event_messages_are_one_line_each() -> None:
+    world = World(directive(GOAL))
+    _run(world)
+    for tid in _active(world, TaskKind.PLANNING):
+        world.finish(
+            tid, TaskState.FAILED, error="agent exited with status 1\nTraceback (most recent call last):\n  boom"
+        )
+    events = _of(_run(world, 60), EmitEvent)
+    assert events, "a failed planning attempt emits an event"
+    for e in events:
+        assert "\n" not in e.message, e
+    (retry,) = [e for e in events if e.reason == "Retrying"]
+    assert "agent exited with status 1" in retry.message and "2 more lines in the task log" in retry.message
