@@ -144,14 +144,16 @@ def get(
                 directives = s.kube.list_directives(s.namespace)
                 if not directives:
                     return f'No directives in namespace "{s.namespace}".'
-                return views.directive_table(directives, now=_now())
+                # piped: every column, never cut (like kubectl); a terminal: what fits, PR kept
+                width = console.width if console.is_terminal else None
+                return views.directive_table(directives, now=_now(), width=width)
             directive = s.directive(target)
             return views.directive_tree(directive, s.kube.list_steps(s.namespace, target), _now())
 
         if watch:
             _live(draw, interval)
         else:
-            console.print(draw())
+            console.print(draw(), soft_wrap=target is None)
 
 
 def describe(
