@@ -153,7 +153,8 @@ def _crd(
                             "properties": {
                                 "apiVersion": {"type": "string", "description": _API_VERSION_TEXT},
                                 "kind": {"type": "string", "description": _KIND_TEXT},
-                                "metadata": {"type": "object", "description": _METADATA_TEXT},
+                                # the API server refuses anything else here (it documents ObjectMeta itself)
+                                "metadata": {"type": "object"},
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },
@@ -167,7 +168,6 @@ def _crd(
 
 _API_VERSION_TEXT = f"The versioned schema of this object: {GROUP}/{VERSION}."
 _KIND_TEXT = "The REST resource this object represents."
-_METADATA_TEXT = "Standard object metadata: name, namespace, labels, annotations."
 
 
 def _strip_defaults(node: Any) -> None:
