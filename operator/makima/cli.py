@@ -50,6 +50,8 @@ def operator_(
     """Run the operator: kopf controller, task API, daemon hub, metrics."""
     import asyncio
 
+    from pydantic import ValidationError
+
     from .config import OperatorSettings
     from .logs import setup_logging
     from .runtime import run_operator
@@ -63,7 +65,13 @@ def operator_(
         overrides["poll_only"] = True
     if log_json:
         overrides["log_json"] = True
-    settings = OperatorSettings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = OperatorSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:  # checked at start, not when the first reader is refused
+        for err in exc.errors(include_input=False, include_url=False):
+            field = "MAKIMA_" + "_".join(str(p) for p in err["loc"]).upper()
+            typer.echo(f"error: invalid setting {field}: {err['msg']}", err=True)
+        raise typer.Exit(2) from None
     setup_logging(json_logs=settings.log_json)
     asyncio.run(run_operator(settings, kubeconfig=kubeconfig))
 

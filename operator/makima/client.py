@@ -134,8 +134,8 @@ class TaskClient:
     async def post_result(self, result: TaskResult) -> None:
         await self._request("POST", f"/v1/tasks/{self.task_id}/result", result, idempotent=True)
 
-    async def submit_steps(self, steps: list[StepSubmission] | StepBatch) -> int:
-        batch = steps if isinstance(steps, StepBatch) else StepBatch(steps=steps)
+    async def submit_steps(self, steps: list[StepSubmission] | StepBatch, *, final: bool = False) -> int:
+        batch = steps if isinstance(steps, StepBatch) else StepBatch(steps=steps, final=final)
         data = await self._request("POST", f"/v1/tasks/{self.task_id}/steps", batch, idempotent=False)
         accepted = data.get("accepted") if isinstance(data, dict) else None
         return accepted if isinstance(accepted, int) else len(batch.steps)

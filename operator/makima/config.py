@@ -8,9 +8,14 @@ from platformdirs import user_state_dir
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# What the API accepts after "Bearer " (api/auth.py): a token the operator is configured with
+# must fit, or every reader would be refused as "malformed" at run time.
+TOKEN_PATTERN = r"[A-Za-z0-9._~+/=-]{8,512}"
+
 
 class OperatorSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="MAKIMA_", extra="ignore")
+    # hide_input_in_errors: a refused token or DSN is never echoed into logs
+    model_config = SettingsConfigDict(env_prefix="MAKIMA_", extra="ignore", hide_input_in_errors=True)
 
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty = all.")
     database_url: str | None = Field(default=None, description="PostgreSQL DSN; unset = embedded server.")
@@ -35,4 +40,8 @@ class OperatorSettings(BaseSettings):
     peering: str | None = Field(default=None, description="kopf peering name; unset = standalone.")
     poll_only: bool = Field(default=False, description="Disable the event fast path (benchmark baseline).")
     log_json: bool = False
-    reader_token: str | None = Field(default=None, description="Bearer token for `makima logs` readers (optional).")
+    reader_token: str | None = Field(
+        default=None,
+        pattern=f"^{TOKEN_PATTERN}$",
+        description="Bearer token for `makima logs` readers (optional; 8-512 of A-Z a-z 0-9 . _ ~ + / = -).",
+    )

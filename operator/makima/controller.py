@@ -53,6 +53,9 @@ Key = tuple[str, str]  # (namespace, directive name)
 QUIET_TICKS = 20  # idle timer runs skipped before one full check (5 min at the 15 s default)
 
 
+_NEW_STEP_STATUS = {"phase": StepPhase.PENDING.value, "attempts": 0}
+
+
 def _rv(obj: dict[str, Any]) -> int:
     try:
         return int(obj["metadata"].get("resourceVersion") or 0)
@@ -274,7 +277,8 @@ class Controller:
                 times.append(t.deadline_at)
             elif (
                 t.kind in (TaskKind.PLANNING, TaskKind.COMPLETION)
-                and t.state in (TaskState.FAILED, TaskState.LOST)
+                # a planning task that succeeded without a usable plan is retried too
+                and (t.state in (TaskState.FAILED, TaskState.LOST) or t.kind is TaskKind.PLANNING)
                 and t.finished_at is not None
             ):
                 times.append(t.finished_at + backoff(t.attempt, self.config))
@@ -327,6 +331,11 @@ class Controller:
                 for sub in action.steps:
                     created = await self.kube.create_step(ns, self._step_body(body, sub, action.generation))
                     if created is not None:
+                        # status is a subresource (ignored on create): write it so that
+                        # `kubectl get dstep` shows Pending and 0 before the step is dispatched
+                        if not created.get("status"):
+                            meta = created["metadata"]
+                            created = await self.kube.patch_status(STEPS, ns, meta["name"], _NEW_STEP_STATUS)
                         self._remember(created)
             elif isinstance(action, PauseDirective):
                 self.observe_directive(await self.kube.patch_directive(ns, name, {"spec": {"paused": True}}))

@@ -120,6 +120,9 @@ def _crd(
     status_schema = _list_maps(openapi_schema(status))
     # The operator owns status; defaults there would make the server write it on create.
     _strip_defaults(status_schema)
+    spec_schema = openapi_schema(spec)
+    spec_schema.setdefault("description", f"What the {kind} should be (written by people or the operator).")
+    status_schema.setdefault("description", f"What the operator observed about the {kind} (read-only).")
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -148,10 +151,11 @@ def _crd(
                             "description": description,
                             "required": ["spec"],
                             "properties": {
-                                "apiVersion": {"type": "string"},
-                                "kind": {"type": "string"},
+                                "apiVersion": {"type": "string", "description": _API_VERSION_TEXT},
+                                "kind": {"type": "string", "description": _KIND_TEXT},
+                                # the API server refuses anything else here (it documents ObjectMeta itself)
                                 "metadata": {"type": "object"},
-                                "spec": openapi_schema(spec),
+                                "spec": spec_schema,
                                 "status": status_schema,
                             },
                         }
@@ -160,6 +164,10 @@ def _crd(
             ],
         },
     }
+
+
+_API_VERSION_TEXT = f"The versioned schema of this object: {GROUP}/{VERSION}."
+_KIND_TEXT = "The REST resource this object represents."
 
 
 def _strip_defaults(node: Any) -> None:
@@ -187,6 +195,12 @@ def directive_crd() -> dict[str, Any]:
             {"name": "Progress", "type": "string", "jsonPath": ".status.progress"},
             {"name": "PR", "type": "string", "jsonPath": ".status.pullRequest.url"},
             _AGE,
+            # `kubectl get -o wide` adds these (priority 1)
+            {"name": "Title", "type": "string", "jsonPath": ".spec.title", "priority": 1},
+            {"name": "Mode", "type": "string", "jsonPath": ".spec.execution.mode", "priority": 1},
+            {"name": "Plan", "type": "integer", "jsonPath": ".status.planGeneration", "priority": 1},
+            {"name": "Started", "type": "date", "jsonPath": ".status.startedAt", "priority": 1},
+            {"name": "Completed", "type": "date", "jsonPath": ".status.completedAt", "priority": 1},
         ],
         "A goal plus a git repository; makima plans it into steps and opens a pull request.",
     )
@@ -205,6 +219,9 @@ def directive_step_crd() -> dict[str, Any]:
             {"name": "Order", "type": "integer", "jsonPath": ".spec.orderIndex"},
             {"name": "Attempts", "type": "integer", "jsonPath": ".status.attempts"},
             _AGE,
+            {"name": "Title", "type": "string", "jsonPath": ".spec.title", "priority": 1},
+            {"name": "Generation", "type": "integer", "jsonPath": ".spec.generation", "priority": 1},
+            {"name": "Branch", "type": "string", "jsonPath": ".status.branch", "priority": 1},
         ],
         "One step of a directive's plan, run as a task on its own git branch.",
     )

@@ -374,10 +374,11 @@ def _verb(phase: StepPhase) -> str:
 
 
 def topological_order(nodes: Iterable[Node]) -> list[str]:
-    """Names in dependency order; among steps free to go, lowest (orderIndex, name) first.
+    """Names in dependency order; among steps free to go, lowest (generation, orderIndex, name)
+    first: an earlier plan's work comes before a re-plan's.
 
     Stable and total: dependencies on unknown steps are ignored, and should a cycle slip
-    through, its members follow in (orderIndex, name) order rather than being dropped.
+    through, its members follow in (generation, orderIndex, name) order rather than being dropped.
     """
     index = {n.name: n for n in nodes}
     indegree = dict.fromkeys(index, 0)
@@ -387,20 +388,22 @@ def topological_order(nodes: Iterable[Node]) -> list[str]:
             if dep in index and dep != n.name:
                 indegree[n.name] += 1
                 children[dep].append(n.name)
-    heap = [(index[name].order_index, name) for name, deg in indegree.items() if deg == 0]
+    heap = [(index[name].generation, index[name].order_index, name) for name, deg in indegree.items() if deg == 0]
     heapq.heapify(heap)
     out: list[str] = []
     done: set[str] = set()
     while heap:
-        _, name = heapq.heappop(heap)
+        _, _, name = heapq.heappop(heap)
         out.append(name)
         done.add(name)
         for child in children[name]:
             indegree[child] -= 1
             if indegree[child] == 0:
-                heapq.heappush(heap, (index[child].order_index, child))
+                heapq.heappush(heap, (index[child].generation, index[child].order_index, child))
     if len(out) < len(index):
-        rest = sorted((n for n in index.values() if n.name not in done), key=lambda n: (n.order_index, n.name))
+        rest = sorted(
+            (n for n in index.values() if n.name not in done), key=lambda n: (n.generation, n.order_index, n.name)
+        )
         out.extend(n.name for n in rest)
     return out
 

@@ -303,6 +303,25 @@ class Stages:
 class LocalRun:
     kubeconfig: Path
     operator_task: asyncio.Task[None]
+    api_url: str = ""
+    reader_token_file: Path | None = None  # for `makima logs` (MAKIMA_READER_TOKEN)
+
+
+READER_TOKEN_FILE = "reader-token"
+SECOND_EXAMPLE_FILE = "second-directive.yaml"
+
+
+def write_reader_token(state: Path) -> tuple[str, Path]:
+    """A fresh reader token for this run's operator, kept mode 0600 in the state dir."""
+    import secrets
+
+    token = secrets.token_urlsafe(32)
+    path = state / READER_TOKEN_FILE
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    return token, path
 
 
 async def stop_operator(task: asyncio.Task[None], stop: asyncio.Event, sandbox: Sandbox) -> None:
@@ -359,11 +378,13 @@ async def local_stack(opts: DemoOptions, console: Console) -> AsyncIterator[Loca
             finally:
                 client.close()
             port = _free_port()
+            reader_token, token_file = write_reader_token(state)
             settings = OperatorSettings(
                 database_url=dsn,
                 state_dir=state,
                 api_listen=f"127.0.0.1:{port}",
                 api_url=f"http://127.0.0.1:{port}",
+                reader_token=reader_token,  # so that `makima logs` works against the demo
                 retry_base_seconds=1.0,
                 retry_max_seconds=10.0,
                 # The person's MAKIMA_* environment must not bend the demo's operator.
@@ -391,7 +412,7 @@ async def local_stack(opts: DemoOptions, console: Console) -> AsyncIterator[Loca
                     raise
             try:
                 with env_var("KUBECONFIG", str(kubeconfig)):
-                    yield LocalRun(kubeconfig, task)
+                    yield LocalRun(kubeconfig, task, f"http://127.0.0.1:{port}", token_file)
             finally:
                 log.info("demo: stopping the operator")
                 await stop_operator(task, stop, sandbox)
@@ -532,7 +553,7 @@ def print_pull_request(console: Console, directive: dict[str, Any], repo: Path |
     console.print(git("--git-dir", str(repo), "diff", "--stat", f"{base}...{branch}"), highlight=False)
 
 
-def kubectl_lines(kubeconfig: Path | None, namespace: str, name: str) -> list[str]:
+def kubectl_lines(kubeconfig: Path | None, namespace: str, name: str, tree_shown: bool = True) -> list[str]:
     ns = "" if namespace == "default" else f" -n {namespace}"
     lines = [f"export KUBECONFIG={kubeconfig}"] if kubeconfig is not None else []
     return [
@@ -540,8 +561,35 @@ def kubectl_lines(kubeconfig: Path | None, namespace: str, name: str) -> list[st
         f"kubectl get directives{ns}",
         f"kubectl get dstep{ns} -l {LABEL_DIRECTIVE}={name}",
         f"kubectl describe directive{ns} {name}",
-        f"makima get directive{ns} {name}    # the step tree, as above",
+        f"makima get directive{ns} {name}    # the step tree" + (", as above" if tree_shown else ""),
     ]
+
+
+def keep_lines(
+    run: LocalRun, namespace: str, name: str, tree_shown: bool, second: Path | None = None, step: str | None = None
+) -> list[str]:
+    """What a person pastes into another shell while `--keep` runs: every line works as is."""
+    ns = "" if namespace == "default" else f" -n {namespace}"
+    lines = kubectl_lines(run.kubeconfig, namespace, name, tree_shown)
+    lines.insert(1, f"export MAKIMA_API_URL={run.api_url}")
+    if run.reader_token_file is not None:
+        lines.insert(2, f"export MAKIMA_READER_TOKEN=$(cat {run.reader_token_file})")
+    lines.append(f"makima logs{ns} {name}" + (f" --step {step}" if step else "") + "    # a task's events")
+    if second is not None:
+        lines.append(f"kubectl apply -f {second}    # a second directive, on the same local repository")
+    return lines
+
+
+def write_second_example(body: dict[str, Any], state: Path) -> Path:
+    """The applied example under another name, ready to apply (its URL is the local repository)."""
+    second = copy.deepcopy(body)
+    second["metadata"] = {"name": f"{body['metadata']['name']}-2"}
+    path = state / SECOND_EXAMPLE_FILE
+    path.write_text(
+        "# Written by `makima demo --keep`: the example with the demo's repository URL filled in.\n"
+        + yaml.safe_dump(second, sort_keys=False)
+    )
+    return path
 
 
 def print_failure(console: Console, directive: dict[str, Any], steps: list[dict[str, Any]], reason: str) -> None:
@@ -574,12 +622,10 @@ def load_example(path: Path, repo_url: str) -> dict[str, Any]:
     return doc
 
 
-async def _keep_running(
-    console: Console, kubeconfig: Path, namespace: str, name: str, interrupted: asyncio.Event
-) -> None:
+async def _keep_running(console: Console, lines: list[str], interrupted: asyncio.Event) -> None:
     console.rule("[bold]the sandbox and the operator keep running")
     console.print("In another shell:", highlight=False)
-    for line in kubectl_lines(kubeconfig, namespace, name):
+    for line in lines:
         console.print(f"  {line}", highlight=False)
     console.print("Press Ctrl-C to stop them.", highlight=False)
     await interrupted.wait()
@@ -649,7 +695,11 @@ async def run_demo(opts: DemoOptions, console: Console | None = None) -> DemoRes
                     if result.exit_code != 0:
                         console.print(f"operator log: {log_path}", highlight=False)
                     elif opts.keep:
-                        await _keep_running(console, run.kubeconfig, opts.namespace, name, interrupted)
+                        second = write_second_example(body, opts.state_dir)
+                        steps = [_step_name(s) for s in result.steps]
+                        step = "core" if "core" in steps else (steps[0] if steps else None)
+                        lines = keep_lines(run, opts.namespace, name, live, second, step)
+                        await _keep_running(console, lines, interrupted)
                     return result
     except Interrupted as exc:
         console.print(f"makima demo: {exc}; stopped what it started", highlight=False)
@@ -693,11 +743,12 @@ async def _apply_and_watch(
         print_failure(console, directive, steps, why)
         return DemoResult(1, directive, steps, repo, elapsed)
     print_pull_request(console, directive, repo)
-    console.rule("[bold]the same with kubectl")
-    if kubeconfig is not None and not opts.keep:
-        console.print("[dim](the sandbox stops when the demo ends: run `makima demo --keep` to use these)[/]")
-    for line in kubectl_lines(kubeconfig, opts.namespace, name) if not opts.keep else []:
-        console.print(f"  {line}", highlight=False)
+    if not opts.keep:  # with --keep they come, ready to paste, under "keep running"
+        console.rule("[bold]the same with kubectl")
+        if kubeconfig is not None:
+            console.print("[dim](the sandbox stops when the demo ends: run `makima demo --keep` to use these)[/]")
+        for line in kubectl_lines(kubeconfig, opts.namespace, name, tree_shown=live):
+            console.print(f"  {line}", highlight=False)
     total = time.monotonic() - started
     console.print(
         f"\n[bold green]done:[/] {name} Completed in {elapsed:.1f} s after apply, {total:.1f} s in all.",

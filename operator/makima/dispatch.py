@@ -88,7 +88,7 @@ class TaskDispatcher:
     async def start_planning(self, directive: Directive, action: CreatePlanningTask) -> Task:
         task = self._base_task(directive, TaskKind.PLANNING, action.task_id, action.attempt, action.generation)
         task = task.model_copy(update={"continue_from": action.workspace.start_from, "deadline_at": action.deadline_at})
-        spec = self._spec(directive, task, action.prompt, action.workspace)
+        spec = self._spec(directive, task, action.prompt, action.workspace, goal_hash=action.goal_hash)
         return await self._launch(directive, task, spec, action.route, owner=None)
 
     async def dispatch_step(self, directive: Directive, step: dict[str, Any], action: DispatchStep) -> Task:

@@ -129,28 +129,40 @@ class ExecutorKind(StrEnum):
 class Condition(Wire):
     """Shape of metav1.Condition."""
 
-    type: str = Field(min_length=1, max_length=316, pattern=r"^[A-Za-z0-9]([A-Za-z0-9_.\-/]*[A-Za-z0-9])?$")
-    status: ConditionStatus
-    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    type: str = Field(
+        min_length=1,
+        max_length=316,
+        pattern=r"^[A-Za-z0-9]([A-Za-z0-9_.\-/]*[A-Za-z0-9])?$",
+        description="Ready, Planning, Progressing, Completed or Failed.",
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        min_length=1,
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="Why, in one CamelCase word.",
+    )
     message: str = Field(default="", max_length=32768, description="Human-readable detail of the last transition.")
     last_transition_time: datetime = Field(description="When the status of this condition last changed.")
     observed_generation: int | None = Field(default=None, ge=0, description="metadata.generation this was based on.")
 
 
 class SecretKeyRef(Wire):
-    name: DnsLabel
-    key: str = Field(min_length=1, max_length=253)
+    name: DnsLabel = Field(description="Secret in the directive's namespace.")
+    key: str = Field(min_length=1, max_length=253, description="Key in that Secret.")
 
 
 class EnvVar(Wire):
-    name: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    value: str | None = Field(default=None, max_length=65536)
-    secret_key_ref: SecretKeyRef | None = None
+    name: str = Field(
+        min_length=1, max_length=256, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="Environment variable name."
+    )
+    value: str | None = Field(default=None, max_length=65536, description="Its value (or use secretKeyRef).")
+    secret_key_ref: SecretKeyRef | None = Field(default=None, description="Take the value from a Secret.")
 
 
 class ResourceRequirements(Wire):
-    requests: dict[str, str] | None = None
-    limits: dict[str, str] | None = None
+    requests: dict[str, str] | None = Field(default=None, description='e.g. {"cpu": "500m", "memory": "1Gi"}.')
+    limits: dict[str, str] | None = Field(default=None, description='e.g. {"memory": "4Gi"}.')
 
 
 # ---- Directive ---------------------------------------------------------------------------
@@ -214,18 +226,18 @@ class DirectiveSpec(Wire):
 
 
 class StepCounts(Wire):
-    total: int = Field(default=0, ge=0)
-    pending: int = Field(default=0, ge=0)
-    ready: int = Field(default=0, ge=0)
-    running: int = Field(default=0, ge=0)
-    succeeded: int = Field(default=0, ge=0)
-    failed: int = Field(default=0, ge=0)
-    skipped: int = Field(default=0, ge=0)
+    total: int = Field(default=0, ge=0, description="Steps of every plan generation.")
+    pending: int = Field(default=0, ge=0, description="Waiting for dependencies.")
+    ready: int = Field(default=0, ge=0, description="Free to run (or waiting for a retry).")
+    running: int = Field(default=0, ge=0, description="A task runs it now.")
+    succeeded: int = Field(default=0, ge=0, description="Done; its branch is kept.")
+    failed: int = Field(default=0, ge=0, description="Out of attempts.")
+    skipped: int = Field(default=0, ge=0, description="Can never run: a dependency failed.")
 
 
 class PullRequestStatus(Wire):
-    url: str | None = None
-    branch: str | None = None
+    url: str | None = Field(default=None, description="The pull request's URL.")
+    branch: str | None = Field(default=None, description="Its head branch (the steps merged).")
 
 
 class DirectiveStatus(Wire):
@@ -294,9 +306,9 @@ class DirectiveStepSpec(Wire):
 
 
 class TaskRef(Wire):
-    id: str
-    executor: ExecutorKind | None = None
-    name: str | None = None
+    id: str = Field(description="Task id in the operator's store (`makima logs` reads its events).")
+    executor: ExecutorKind | None = Field(default=None, description="job or daemon.")
+    name: str | None = Field(default=None, description="The Job's name or the daemon's id.")
 
 
 class DirectiveStepStatus(Wire):

@@ -144,14 +144,16 @@ def get(
                 directives = s.kube.list_directives(s.namespace)
                 if not directives:
                     return f'No directives in namespace "{s.namespace}".'
-                return views.directive_table(directives, now=_now())
+                # piped: every column, never cut (like kubectl); a terminal: what fits, PR kept
+                width = console.width if console.is_terminal else None
+                return views.directive_table(directives, now=_now(), width=width)
             directive = s.directive(target)
             return views.directive_tree(directive, s.kube.list_steps(s.namespace, target), _now())
 
         if watch:
             _live(draw, interval)
         else:
-            console.print(draw())
+            console.print(draw(), soft_wrap=target is None)
 
 
 def describe(
@@ -285,16 +287,40 @@ def fetch_events(api_url: str, token: str, task_id: str, since: int, limit: int 
         raise LogsError(f"cannot reach the operator API at {api_url} ({reason}); set --api-url") from None
 
 
-def format_event(event: dict[str, Any]) -> list[str]:
-    """`output` events as their lines, others as `[type] payload`."""
-    payload = event.get("payload") or {}
-    if event.get("type") == "output":
+KIND_WIDTH = 8  # "progress"
+
+
+def _event_message(kind: str, payload: dict[str, Any]) -> list[str]:
+    if kind == "output":
         lines = payload.get("lines")
         if isinstance(lines, list):
             return [str(line) for line in lines]
         if "line" in payload:
             return [str(payload["line"])]
-    return [f"[{event.get('type')}] {json.dumps(payload, sort_keys=True, separators=(', ', ': '))}"]
+    if kind == "result":
+        outcome = str(payload.get("outcome") or "?")
+        extra = [f"{k}={payload[k]}" for k in ("branch", "commit", "pull_request_url") if payload.get(k)]
+        message = str(payload.get("message") or "")
+        return [" ".join([outcome + (":" if message else ""), message, *extra]).replace("  ", " ").strip()]
+    note = payload.get("message")
+    rest = {k: v for k, v in payload.items() if k != "message"}
+    details = " ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in sorted(rest.items()))
+    text = " ".join(part for part in (str(note) if note else "", details) if part)
+    return (text or "-").splitlines() or ["-"]
+
+
+def format_event(event: dict[str, Any]) -> list[str]:
+    """For people: `HH:MM:SS  kind      message`, one line per line of agent output."""
+    kind = str(event.get("type") or "?")
+    at = views.parse_time(event.get("at"))
+    clock = at.astimezone().strftime("%H:%M:%S") if at is not None else "--:--:--"
+    payload = event.get("payload") or {}
+    return [f"{clock}  {kind:<{KIND_WIDTH}}  {line}" for line in _event_message(kind, payload)]
+
+
+def format_event_json(event: dict[str, Any]) -> list[str]:
+    """For machines (`-o json`): the stored event, one JSON object per line."""
+    return [json.dumps(event, sort_keys=True)]
 
 
 class Target:
@@ -347,11 +373,17 @@ def logs(
     api_url: Annotated[
         str, typer.Option("--api-url", envvar="MAKIMA_API_URL", help="Operator API base URL.")
     ] = "http://127.0.0.1:8080",
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="text (time, kind, message) or json (one event per line).")
+    ] = "text",
     namespace: Namespace = None,
     kubeconfig: Kubeconfig = None,
 ) -> None:
     if sum([step is not None, planning, completion]) > 1:
         fail("choose one of --step, --planning, --completion")
+    if output not in ("text", "json"):
+        fail(f"unknown output format {output!r}: text or json")
+    render = format_event_json if output == "json" else format_event
     token = os.environ.get("MAKIMA_READER_TOKEN", "")
     if not token:
         fail("set MAKIMA_READER_TOKEN to the operator's reader token (see makima logs --help)")
@@ -365,14 +397,14 @@ def logs(
         try:
             while True:
                 if task_id is not None:
-                    position = _drain(api_url, token, task_id, position)
+                    position = _drain(api_url, token, task_id, position, render)
                 if not follow or finished:
                     return
                 time.sleep(FOLLOW_INTERVAL)
                 new_id, finished, new_label = target.resolve()
                 if new_id != task_id and new_id is not None:
                     if task_id is not None:
-                        position = _drain(api_url, token, task_id, position)
+                        position = _drain(api_url, token, task_id, position, render)
                     typer.echo(f"--- {new_label} (task {new_id}) ---")
                     task_id, position = new_id, 0
         except LogsError as exc:
@@ -384,13 +416,15 @@ def logs(
 logs.__doc__ = LOGS_HELP
 
 
-def _drain(api_url: str, token: str, task_id: str, since: int) -> int:
+def _drain(
+    api_url: str, token: str, task_id: str, since: int, render: Callable[[dict[str, Any]], list[str]] = format_event
+) -> int:
     """Print every event after `since`; returns the new position."""
     while True:
         page = fetch_events(api_url, token, task_id, since)
         events = page.get("events") or []
         for event in events:
-            for line in format_event(event):
+            for line in render(event):
                 typer.echo(line)
         sys.stdout.flush()
         since = int(page.get("nextSince", since))

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 SUBMIT_COMMAND = "makima directive batch-add-steps --json"
+NO_NEW_STEPS_COMMAND = "makima directive no-new-steps"
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,10 @@ def planning_prompt(
                 out.append(f"    branch: {s.branch}")
             if s.description.strip():
                 out.append(_indent(s.description, "    | "))
+        out.append("")
+        out.append("If the existing steps already reach the goal as it reads now, add nothing: say so with")
+        out.append(f"   {NO_NEW_STEPS_COMMAND}")
+        out.append("and stop (the pull request is then updated with the new goal).")
         out.append("")
         out.append("A new step that builds on the result of an existing step must list it in dependsOn;")
         out.append("otherwise it starts from the pull-request branch (if any) or the base branch, and sees")

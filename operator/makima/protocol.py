@@ -10,7 +10,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .models import MAX_DEPENDS_ON, MAX_DESCRIPTION, MAX_ORDER_INDEX, MAX_TASK_PLAN, MAX_TITLE, DnsLabel
 from .tasks import TaskKind
@@ -70,6 +70,7 @@ class TaskSpec(Msg):
     workspace: WorkspacePlan
     completion: CompletionPlan | None = None
     agent: AgentSettings
+    goal_hash: str | None = Field(default=None, description="Planning: hash of the goal this plan is made for.")
     credentials: dict[str, str] | None = Field(
         default=None, description="Only sent to daemons over the authenticated socket; Jobs mount a Secret."
     )
@@ -121,7 +122,18 @@ class StepSubmission(Msg):
 
 
 class StepBatch(Msg):
-    steps: list[StepSubmission] = Field(min_length=1, max_length=200)
+    """Steps the planner submits. `final` says the plan is complete; an empty batch must be
+    final: a re-plan (generation >= 2) whose goal the existing steps already reach."""
+
+    final: bool = False
+    steps: list[StepSubmission] = Field(default_factory=list, max_length=200, validate_default=True)
+
+    @field_validator("steps")
+    @classmethod
+    def _empty_only_when_final(cls, steps: list[StepSubmission], info: ValidationInfo) -> list[StepSubmission]:
+        if not steps and not info.data.get("final"):
+            raise ValueError("submit at least one step, or an empty batch with final=true (nothing new to do)")
+        return steps
 
 
 class PullRequestReport(Msg):

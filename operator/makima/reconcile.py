@@ -70,6 +70,7 @@ class Reason:
     COMPLETING = "Completing"
     COMPLETED = "Completed"
     PULL_REQUEST_OPENED = "PullRequestOpened"
+    PULL_REQUEST_UPDATED = "PullRequestUpdated"
     BRANCH_READY = "BranchReady"
     PAUSED = "Paused"
     STEPS_FAILED = "StepsFailed"
@@ -393,8 +394,11 @@ def _ref_of(task: Task) -> TaskRef:
 
 def _submission(task: Task) -> tuple[list[StepSubmission], str | None]:
     """The steps a succeeded planning task submitted, or why they are unusable."""
-    raw = (task.result or {}).get("steps")
+    result = task.result or {}
+    raw = result.get("steps")
     if not raw:
+        if result.get("final") and task.generation >= 2:
+            return [], None  # a re-plan that says, explicitly, there is nothing new to do
         return [], "the planner finished without submitting any steps"
     subs, problems = dag.parse_submission(raw)
     if problems:
@@ -621,8 +625,9 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
     waiting_for_daemon = waiting_for_daemon or comp.waiting_for_daemon
 
     # 7. status ----------------------------------------------------------------------------------------
-    status = _status(d, steps, order, phase, marks, plan, comp, counts, pr_status, waiting_for_daemon, now)
-    events.extend(_outcome_events(cur, status))
+    pr_reason = _pull_request_reason(completion_tasks, comp.done)
+    status = _status(d, steps, order, phase, marks, plan, comp, counts, pr_status, pr_reason, waiting_for_daemon, now)
+    events.extend(_outcome_events(cur, status, pr_reason))
     if status != cur:
         if plan.created is not None:
             # status first: a crash before the task row exists leaves a status naming the
@@ -630,8 +635,20 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
             actions.insert(actions.index(plan.created), SetDirectiveStatus(status))
         else:
             actions.append(SetDirectiveStatus(status))
-    actions.extend(events)
+    actions.extend(EmitEvent(e.type, e.reason, one_line(e.message)) for e in events)
     return actions
+
+
+def one_line(message: str, limit: int = 1024) -> str:
+    """An Event message as `kubectl describe` can show it in its table: the first non-blank
+    line, then a pointer to the rest (a task's full output is in its log: `makima logs`)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    first = lines[0]
+    if len(lines) > 1:
+        first += f" (+{len(lines) - 1} more lines in the task log)"
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def reject_invalid(cur: DirectiveStatus, generation: int, error: Any, now: datetime) -> list[Action]:
@@ -666,14 +683,24 @@ def reject_invalid(cur: DirectiveStatus, generation: int, error: Any, now: datet
     return [SetDirectiveStatus(status), EmitEvent("Warning", Reason.INVALID_SPEC, message[:1024])]
 
 
-def _outcome_events(cur: DirectiveStatus, new: DirectiveStatus) -> list[EmitEvent]:
+def _pull_request_reason(completion_tasks: Sequence[Task], done: Task | None) -> str:
+    """PullRequestUpdated when an earlier generation's completion already gave a pull request."""
+    if done is not None and any(
+        t.state is TaskState.SUCCEEDED and t.generation < done.generation and (t.result or {}).get("pull_request_url")
+        for t in completion_tasks
+    ):
+        return Reason.PULL_REQUEST_UPDATED
+    return Reason.PULL_REQUEST_OPENED
+
+
+def _outcome_events(cur: DirectiveStatus, new: DirectiveStatus, pr_reason: str) -> list[EmitEvent]:
     """One event when the directive reaches Completed or Failed (a person watches for these)."""
     if new.phase is cur.phase:
         return []
     if new.phase is DirectivePhase.COMPLETED:
         pr = new.pull_request
         if pr and pr.url:
-            return [EmitEvent("Normal", Reason.PULL_REQUEST_OPENED, f"pull request {pr.url} (branch {pr.branch})")]
+            return [EmitEvent("Normal", pr_reason, f"pull request {pr.url} (branch {pr.branch})")]
         branch = pr.branch if pr else "the directive branch"
         return [EmitEvent("Normal", Reason.BRANCH_READY, f"every step merged into {branch}")]
     if new.phase is DirectivePhase.FAILED:
@@ -802,10 +829,21 @@ def _plan(
         st.task_id = latest.id
         return st
 
+    earlier = _earlier_goal_hash(planning_tasks, gen)
+    if earlier is not None and earlier in (goal_h, st.goal_hash) and not _usable(latest, steps, gen):
+        # the goal is back to the one the previous generation planned (or was, and changed
+        # again): this generation's failed or pending re-plan is moot; its plan is the old one
+        st.planned = True
+        st.goal_hash = earlier
+        st.task_id = None
+        if goal_h != earlier and not paused:
+            create(gen + 1, 1)
+        return st
+
     problem: str | None = None
     if latest.state is TaskState.SUCCEEDED:
         subs, problem = _submission(latest)
-        if problem is None:
+        if problem is None and subs:
             others = [_node(s, s.status.phase) for s in steps if s.spec.generation != gen]
             problems = dag.validate_submission(others, subs, generation=gen)
             if problems:
@@ -859,6 +897,31 @@ def _plan(
         actions.append(PauseDirective(Reason.PLANNING_FAILED, why))
         events.append(EmitEvent("Warning", Reason.PAUSED, f"paused: {why}; set spec.paused=false to retry"))
     return st
+
+
+def _earlier_goal_hash(planning_tasks: Sequence[Task], gen: int) -> str | None:
+    """The goal hash the latest succeeded planning before generation `gen` was made for."""
+    done = [t for t in planning_tasks if t.generation < gen and t.state is TaskState.SUCCEEDED]
+    if not done:
+        return None
+    last = max(done, key=lambda t: (t.generation, t.attempt))
+    value = (last.spec or {}).get("goal_hash")
+    return value if isinstance(value, str) else None
+
+
+def _usable(task: Task, steps: Sequence[StepView], gen: int) -> bool:
+    """Whether a planning task is running or gave a plan that can be used."""
+    if task.state.active:
+        return True
+    if task.state is not TaskState.SUCCEEDED:
+        return False
+    subs, problem = _submission(task)
+    if problem is not None:
+        return False
+    if not subs:
+        return True
+    others = [_node(s, s.status.phase) for s in steps if s.spec.generation != gen]
+    return not dag.validate_submission(others, subs, generation=gen)
 
 
 # ---- workspace and prompts -----------------------------------------------------------------------------
@@ -956,7 +1019,9 @@ def _completion(
     if latest is not None:
         out.task_id = latest.id
     all_done = total > 0 and all(phase[s.name] is StepPhase.SUCCEEDED for s in steps) and not plan.new_steps
-    if not all_done or plan.active or plan.created is not None:
+    # Only a plan that is in place completes: not while a newer generation is being planned,
+    # waits for its retry, or failed (the steps of an older plan do not reach the new goal).
+    if not all_done or not plan.planned or plan.active or plan.created is not None:
         out.active = latest is not None and latest.state.active
         return out
     if plan.goal_hash is not None and plan.goal_hash != naming.goal_hash(d.spec.goal):
@@ -1051,6 +1116,7 @@ def _status(
     comp: _Completion,
     counts: StepCounts,
     pr: PullRequestStatus | None,
+    pr_reason: str,
     waiting_for_daemon: bool,
     now: datetime,
 ) -> DirectiveStatus:
@@ -1117,7 +1183,7 @@ def _status(
             (
                 CondType.READY,
                 True,
-                Reason.PULL_REQUEST_OPENED if pr and pr.url else Reason.BRANCH_READY,
+                pr_reason if pr and pr.url else Reason.BRANCH_READY,
                 message,
             )
         )
@@ -1223,4 +1289,5 @@ __all__ = [
     "backoff",
     "choose_route",
     "decide",
+    "one_line",
 ]

@@ -3,7 +3,7 @@
 No I/O here: the commands in `people_cli.py` fetch, these functions draw. `directive_tree`
 is also the live view of `makima demo`; its signature is a contract:
 
-    directive_table(directives) -> Table
+    directive_table(directives) -> Text
     directive_tree(directive, steps, now) -> RenderableType
     describe(directive, steps, events) -> RenderableType
 """
@@ -133,26 +133,62 @@ def _pr_url(directive: Mapping[str, Any]) -> str | None:
 # ---- makima get ----------------------------------------------------------------------------
 
 
-def directive_table(directives: list[dict[str, Any]], now: datetime | None = None) -> Table:
-    """One row per directive: name, title, phase, progress, PR, age (sorted by name)."""
+DIRECTIVE_COLUMNS = ("NAME", "TITLE", "PHASE", "PROGRESS", "PR", "AGE")
+# Dropped in this order when a terminal is too narrow; NAME, PHASE and PR always stay.
+DROP_ORDER = ("TITLE", "AGE", "PROGRESS")
+COLUMN_GAP = 3  # as kubectl
+
+
+def directive_table(directives: list[dict[str, Any]], now: datetime | None = None, width: int | None = None) -> Text:
+    """One row per directive: name, title, phase, progress, PR, age (sorted by name).
+
+    Aligned with spaces like `kubectl get`; no cell is ever cut or folded. `width` (a
+    terminal's) drops the least useful columns until the lines fit (never the PR); None
+    (piped output) keeps every column whatever the length.
+    """
     now = now or datetime.now(UTC)
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for column in ("NAME", "TITLE", "PHASE", "PROGRESS", "PR", "AGE"):
-        table.add_column(column, overflow="fold" if column == "PR" else "ellipsis", no_wrap=column != "PR")
+    rows: list[list[Text]] = [[Text(c) for c in DIRECTIVE_COLUMNS]]
     for d in sorted(directives, key=lambda o: str(_get(o, "metadata", "name"))):
         paused = bool(_get(d, "spec", "paused"))
         phase = phase_text(_get(d, "status", "phase") or "Pending")
         if paused and phase.plain != "Paused":
             phase.append(" (paused)", style="yellow")
-        table.add_row(
-            str(_get(d, "metadata", "name")),
-            str(_get(d, "spec", "title") or ""),
-            phase,
-            _progress(d),
-            _pr_url(d) or "-",
-            age(_get(d, "metadata", "creationTimestamp"), now),
+        rows.append(
+            [
+                Text(str(_get(d, "metadata", "name"))),
+                Text(str(_get(d, "spec", "title") or "")),
+                phase,
+                Text(_progress(d)),
+                Text(_pr_url(d) or "-"),
+                Text(age(_get(d, "metadata", "creationTimestamp"), now)),
+            ]
         )
-    return table
+    keep = list(range(len(DIRECTIVE_COLUMNS)))
+
+    def widths() -> dict[int, int]:
+        return {i: max(len(r[i].plain) for r in rows) for i in keep}
+
+    def line_length() -> int:
+        w = widths()
+        return sum(w.values()) + COLUMN_GAP * (len(keep) - 1)
+
+    for column in DROP_ORDER:
+        if width is None or line_length() <= width:
+            break
+        keep.remove(DIRECTIVE_COLUMNS.index(column))
+    w = widths()
+    out = Text(no_wrap=True, overflow="ignore")
+    for n, row in enumerate(rows):
+        if n:
+            out.append("\n")
+        for k, i in enumerate(keep):
+            cell = row[i].copy()
+            if n == 0:
+                cell.stylize("bold")
+            if k < len(keep) - 1:
+                cell.pad_right(w[i] - len(cell.plain) + COLUMN_GAP)
+            out.append_text(cell)
+    return out
 
 
 # ---- makima get directive NAME ---------------------------------------------------------------

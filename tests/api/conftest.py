@@ -118,6 +118,7 @@ async def make_task(
     namespace: str = NAMESPACE,
     executor_ref: str | None = None,
     branch: str | None = None,
+    generation: int = 1,
 ) -> tuple[Task, str]:
     """A task row with a fresh token, moved to `state` the legal way."""
     token = new_token()
@@ -132,6 +133,7 @@ async def make_task(
         branch=branch or (f"makima/demo/build-{uuid.uuid4().hex[:6]}" if kind is TaskKind.STEP else None),
         executor="daemon" if executor_ref else None,
         executor_ref=executor_ref,
+        generation=generation,
     )
     task, _ = await store.create_task(task, token_hash=hash_token(token))
     path = {

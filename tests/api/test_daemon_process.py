@@ -115,8 +115,13 @@ async def test_daemon_runs_a_task_with_the_real_runner_and_reports_through_the_a
         assert "hi" in lines and "daemon=unset" in lines and DAEMON_TOKEN not in lines
         assert {EventType.PROGRESS.value, EventType.GIT.value, EventType.RESULT.value} <= {e.type for e in events}
         assert [t.state for t in api.reports.calls] == [TaskState.RUNNING, TaskState.SUCCEEDED]
-        await until(lambda: _no_tasks(daemon))
-        assert not (tmp_path / "work" / task.id).exists()  # workspace cleaned up
+        # the slot is freed first, the workspace removed just after: wait for both
+        workspace = tmp_path / "work" / task.id
+
+        async def cleaned_up() -> bool:
+            return not daemon.tasks and not workspace.exists()
+
+        await until(cleaned_up)
 
 
 async def _no_tasks(daemon: Daemon) -> bool:

@@ -124,3 +124,27 @@ async def test_only_completion_tasks_report_pull_requests(api: Api) -> None:
         f"/v1/tasks/{task.id}/pull-request", json={"url": "https://x/pr/1"}, headers=bearer(token)
     )
     assert resp.status == 409
+
+
+async def test_a_replan_may_say_it_adds_nothing_with_an_empty_final_batch(api: Api) -> None:
+    task, token = await make_task(api.store, kind=TaskKind.PLANNING, state=TaskState.RUNNING, generation=2)
+    url = f"/v1/tasks/{task.id}/steps"
+    resp = await api.client.post(url, json={"steps": []}, headers=bearer(token))
+    assert resp.status == 422, await resp.text()  # empty and not final: a mistake
+    assert "final=true" in str((await resp.json())["problems"])
+    resp = await api.client.post(url, json={"steps": [], "final": True}, headers=bearer(token))
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"accepted": 0, "total": 0}
+    stored = await api.store.get_task(task.id)
+    assert stored is not None and stored.result == {"steps": [], "final": True}
+    # the plan is closed: nothing more is accepted
+    resp = await api.client.post(url, json={"steps": [step("late")]}, headers=bearer(token))
+    assert resp.status == 409 and "final" in (await resp.json())["error"]
+
+
+async def test_the_first_plan_cannot_be_empty_even_when_final(api: Api) -> None:
+    task, token = await make_task(api.store, kind=TaskKind.PLANNING, state=TaskState.RUNNING, generation=1)
+    resp = await api.client.post(f"/v1/tasks/{task.id}/steps", json={"steps": [], "final": True}, headers=bearer(token))
+    assert resp.status == 422
+    assert "generation 1" in str((await resp.json())["problems"])
+    assert await _steps(api, task.id) is None

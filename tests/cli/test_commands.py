@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -136,7 +138,21 @@ def test_get_lists_directives_with_phase_progress_and_pr(cluster: Cluster) -> No
         "https://git.example/pull/7",
     ]
     assert "Executing (paused)" in rows[1] and "1/4" in rows[1]
-    assert cluster.run("get", "directives").output == result.output
+    # the same rows; AGE may tick between the two runs, so it is left out of the comparison
+    again = cluster.run("get", "directives").output.splitlines()
+    assert [line.rsplit(None, 1)[0] for line in again] == [
+        line.rsplit(None, 1)[0] for line in result.output.splitlines()
+    ]
+
+
+def test_get_piped_at_80_columns_keeps_the_pull_request(cluster: Cluster) -> None:
+    url = "https://git.example/an-organisation/a-repository-with-a-long-name/pull/12345"
+    cluster.directive("add-search", status={"phase": "Completed", "progress": "3/3", "pullRequest": {"url": url}})
+    result = cluster.run("get", env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    header, row = result.output.splitlines()
+    assert header.split() == ["NAME", "TITLE", "PHASE", "PROGRESS", "PR", "AGE"]
+    assert url in row
 
 
 def test_get_empty_namespace(cluster: Cluster) -> None:
@@ -384,17 +400,28 @@ async def test_logs_prints_output_lines_and_other_events(cluster: Cluster, store
     async with operator_api(store) as url:
         result = await asyncio.to_thread(cluster.run, "logs", "lg", "--step", "build", env=logs_env(url))
         assert result.exit_code == 0, result.output
-        assert result.output.splitlines() == [
-            '[progress] {"message": "cloning"}',
-            "hello",
-            "[not markup] world",
-            '[result] {"outcome": "succeeded"}',
+        # for people: time, kind, message; one line per line of agent output
+        clock = r"\d\d:\d\d:\d\d"
+        patterns = [
+            rf"{clock}  progress  cloning",
+            rf"{clock}  output    hello",
+            rf"{clock}  output    \[not markup\] world",
+            rf"{clock}  result    succeeded",
         ]
+        lines = result.output.splitlines()
+        assert len(lines) == len(patterns), lines
+        for line, pattern in zip(lines, patterns, strict=True):
+            assert re.fullmatch(pattern, line), (line, pattern)
         # the only step that has run is the default
         default = await asyncio.to_thread(cluster.run, "logs", "lg", env=logs_env(url))
         assert default.output == result.output
         since = await asyncio.to_thread(cluster.run, "logs", "lg", "--since", "2", env=logs_env(url))
-        assert since.output.splitlines() == ['[result] {"outcome": "succeeded"}']
+        assert since.output.splitlines() == lines[3:]
+        # for machines: one JSON event per line, as stored
+        machine = await asyncio.to_thread(cluster.run, "logs", "lg", "-o", "json", env=logs_env(url))
+        events = [json.loads(line) for line in machine.output.splitlines()]
+        assert [(e["seq"], e["type"]) for e in events] == [(1, "progress"), (2, "output"), (3, "result")]
+        assert events[1]["payload"]["lines"] == ["hello", "[not markup] world"]
 
         wrong = await asyncio.to_thread(cluster.run, "logs", "lg", env=logs_env(url, "not-the-reader-token"))
         assert wrong.exit_code == 1
@@ -417,7 +444,7 @@ async def test_logs_planning_task(cluster: Cluster, store: TaskStore) -> None:
     async with operator_api(store) as url:
         result = await asyncio.to_thread(cluster.run, "logs", "pl", "--planning", env=logs_env(url))
     assert result.exit_code == 0, result.output
-    assert result.output == "planned 3 steps\n"
+    assert re.fullmatch(r"\d\d:\d\d:\d\d  output    planned 3 steps\n", result.output)
 
 
 async def test_logs_follow_until_the_step_ends_across_a_retry(cluster: Cluster, store: TaskStore) -> None:
@@ -440,7 +467,7 @@ async def test_logs_follow_until_the_step_ends_across_a_retry(cluster: Cluster, 
         cluster.set_status("directivesteps", "fw-build", {"phase": "Succeeded"})
         result = await asyncio.wait_for(follow, 10)
     assert result.exit_code == 0, result.output
-    assert result.output.splitlines() == [
+    assert [line.split("  ")[-1] for line in result.output.splitlines()] == [
         "attempt one",
         "attempt one failed",
         f"--- step build, attempt 2 (task {second.id}) ---",

@@ -204,3 +204,30 @@ def test_tree_lists_dependencies_before_dependents() -> None:
     steps = [step("alpha", 0, "Pending", ("zulu",)), step("zulu", 0, "Running", attempts=1), step("mid", 0, "Pending")]
     lines = [line for line in render(views.directive_tree(directive(), steps, NOW)).splitlines() if "attempts" in line]
     assert [line.split()[1] for line in lines] == ["mid", "zulu", "alpha"]
+
+
+LONG_PR = "https://git.example/an-organisation/a-repository-with-a-long-name/pull/12345"
+
+
+def _lines(text: Any) -> list[str]:
+    return [line.rstrip() for line in text.plain.splitlines()]
+
+
+def test_directive_table_piped_keeps_every_column_and_never_cuts_the_pr() -> None:
+    d = directive(phase="Completed", progress="3/3", pullRequest={"url": LONG_PR})
+    lines = _lines(views.directive_table([d], now=NOW))  # width None: piped
+    assert lines[0].split() == ["NAME", "TITLE", "PHASE", "PROGRESS", "PR", "AGE"]
+    assert LONG_PR in lines[1] and len(lines) == 2
+    # printed through an 80-column console that is not a terminal: one line, untouched
+    assert LONG_PR in render(views.directive_table([d], now=NOW), width=80)
+
+
+def test_directive_table_on_a_narrow_terminal_drops_title_then_age_never_the_pr() -> None:
+    d = directive(phase="Completed", progress="3/3", pullRequest={"url": LONG_PR})
+    full = len(_lines(views.directive_table([d], now=NOW))[1])
+    header = _lines(views.directive_table([d], now=NOW, width=full))[0].split()
+    assert header == ["NAME", "TITLE", "PHASE", "PROGRESS", "PR", "AGE"]
+    header = _lines(views.directive_table([d], now=NOW, width=full - 1))[0].split()
+    assert header == ["NAME", "PHASE", "PROGRESS", "PR", "AGE"]
+    narrow = _lines(views.directive_table([d], now=NOW, width=80))
+    assert narrow[0].split() == ["NAME", "PHASE", "PR"] and LONG_PR in narrow[1]

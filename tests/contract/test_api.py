@@ -214,3 +214,36 @@ async def test_table_uses_printer_columns(kube: Kube) -> None:
     assert isinstance(age, str) and age.endswith(("s", "m"))
     single = await kube.get(kube.ns("widgets", "a"), accept=TABLE)
     assert single["rows"][0]["cells"][0] == "a"
+
+
+async def test_dry_run_validates_and_stores_nothing(kube: Kube) -> None:
+    """`kubectl apply --dry-run=server`: the answer is what would be stored; nothing is."""
+    dry = {"dryRun": "All"}
+    made = await kube.post(kube.ns("widgets"), widget("dry"), params=dry)
+    assert made["metadata"]["name"] == "dry" and made["spec"]["size"] == 3  # defaulted
+    status, _ = await kube.call("GET", kube.ns("widgets", "dry"), ok=False)
+    assert status == 404
+    with pytest.raises(ApiFailure) as exc:  # still validated
+        await kube.post(kube.ns("widgets"), widget("bad", size=-1), params=dry)
+    assert exc.value.status == 422
+
+    real = await kube.post(kube.ns("widgets"), widget("w"))
+    rv = real["metadata"]["resourceVersion"]
+    patched = await kube.patch(kube.ns("widgets", "w"), {"spec": {"size": 9}}, params=dry)
+    assert patched["spec"]["size"] == 9
+    put = await kube.put(kube.ns("widgets", "w"), {**real, "spec": {**real["spec"], "size": 8}}, params=dry)
+    assert put["spec"]["size"] == 8
+    await kube.delete(kube.ns("widgets", "w"), params=dry)
+    stored = await kube.get(kube.ns("widgets", "w"))
+    assert stored["spec"]["size"] == 3 and stored["metadata"]["resourceVersion"] == rv
+    assert "deletionTimestamp" not in stored["metadata"]
+
+    # and no watcher heard of any of it
+    events = await kube.watch(
+        kube.ns("widgets"), {"resourceVersion": rv, "timeoutSeconds": "1"}, until=lambda evs: False, timeout=10
+    )
+    assert [e for e in events if e["type"] != "BOOKMARK"] == []
+    with pytest.raises(ApiFailure) as exc:
+        await kube.post(kube.ns("widgets"), widget("x"), params={"dryRun": "Everything"})
+    assert exc.value.status == 422 and "dryRun" in str(exc.value.body)
+    assert (await kube.call("GET", kube.ns("widgets", "x"), ok=False))[0] == 404

@@ -158,5 +158,11 @@ def test_kubectl_with_the_project_crds(target: Target) -> None:
     target.out("apply", "-f", str(DIRECTIVE))
     header = target.out("get", "directives").splitlines()[0].split()
     assert header == ["NAME", "PHASE", "PROGRESS", "PR", "AGE"]
+    wide = target.out("get", "directives", "-o", "wide").splitlines()
+    wide_header = ["NAME", "PHASE", "PROGRESS", "PR", "AGE", "TITLE", "MODE", "PLAN", "STARTED", "COMPLETED"]
+    assert wide[0].split() == wide_header
+    assert "Auto" in wide[1]
     assert "Name:" in target.out("describe", "directive", "greeter")
+    explain = target.out("explain", "directive.spec")
+    assert "<no description>" not in explain and "goal" in explain
     assert "deleted" in target.out("delete", "-f", str(DIRECTIVE))

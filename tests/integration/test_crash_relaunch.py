@@ -5,6 +5,7 @@ and runs the next attempt; the stale token Secret goes with the lost attempt."""
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from makima import naming
@@ -15,6 +16,7 @@ from makima.tasks import Task, TaskKind, TaskState
 from .conftest import Api, OperatorFactory, scripted
 
 GOAL = "goal of crashed"  # what `scripted()` writes
+HEARTBEAT_TIMEOUT = 120.0  # the default: a loaded machine's runner never comes close
 SCRIPT = {"plan": [{"name": "only", "title": "The only step"}], "steps": {"only": {"files": {"o.txt": "o\n"}}}}
 
 
@@ -27,7 +29,17 @@ async def test_task_left_pending_by_a_crash_is_lost_then_retried(
     stale = "token-of-the-crashed-operator"
     store = await TaskStore.connect(pg_dsn)
     try:
-        row = Task(id=first, kind=TaskKind.PLANNING, namespace="default", directive_uid=uid, directive_name="crashed")
+        # Left by the crashed operator longer ago than the heartbeat timeout (its deadline is
+        # still ahead): no wall-clock wait, and the relaunched attempt keeps the normal timeout.
+        row = Task(
+            id=first,
+            kind=TaskKind.PLANNING,
+            namespace="default",
+            directive_uid=uid,
+            directive_name="crashed",
+            created_at=datetime.now(UTC) - timedelta(seconds=2 * HEARTBEAT_TIMEOUT),
+            deadline_at=datetime.now(UTC) + timedelta(hours=1),
+        )
         await store.create_task(row, hash_token(stale))
     finally:
         await store.close()
@@ -52,7 +64,7 @@ async def test_task_left_pending_by_a_crash_is_lost_then_retried(
         "application/merge-patch+json",
     )
 
-    op = await start_operator(heartbeat_timeout_seconds=1.5, tick_seconds=0.5)
+    op = await start_operator(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT)
     done = await api.wait_for("crashed", lambda d: d.get("status", {}).get("phase") == "Completed", timeout=60)
     assert done["status"]["progress"] == "1/1"
     planning = sorted(

@@ -27,6 +27,7 @@ from .conftest import Api, OperatorFactory, git, scripted
 
 MAKIMA = str(Path(sys.executable).with_name("makima"))
 DAEMON_TOKEN = "daemon-token-of-default-0123456789"
+LOADED = 180.0  # deadline for a condition on a loaded machine (not an expected duration)
 
 # A diamond: b and c start from a, d merges b and c.
 DIAMOND: dict[str, Any] = {
@@ -247,7 +248,10 @@ TOKEN_NOTING_AGENT = [
 async def test_killed_daemon_task_is_lost_retried_once_on_a_job_and_its_late_report_refused(
     api: Api, start_operator: OperatorFactory, origin: Path, tmp_path: Path
 ) -> None:
-    op = await start_operator(daemon_heartbeat_seconds=0.3, daemon_lost_after_seconds=1.5, tick_seconds=0.5)
+    # Loss is detected from missing heartbeats: 5 s of silence is far beyond a busy machine's
+    # stalls (beats every 0.5 s), and the waits below are deadlines for conditions, sized for
+    # a loaded machine; none of them is a guess at how long things take.
+    op = await start_operator(daemon_heartbeat_seconds=0.5, daemon_lost_after_seconds=5, tick_seconds=0.5)
     await create_daemon_token(api)
     tokens = tmp_path / "tokens"
     tokens.mkdir()
@@ -264,17 +268,23 @@ async def test_killed_daemon_task_is_lost_retried_once_on_a_job_and_its_late_rep
         running = await api.wait_for(
             "victim",
             lambda d: d.get("status", {}).get("steps", {}).get("running") == 1,
-            timeout=20,
+            timeout=LOADED,
             what="step running",
         )
         assert running["status"]["phase"] == "Executing"
         step = (await api.steps("victim"))["slow"]["status"]
         assert step["task"]["executor"] == "daemon"
         lost_id = step["task"]["id"]
-        await until(lambda: _task_file(tokens, lost_id), timeout=10, what="the agent to start")
+        await until(lambda: _task_file(tokens, lost_id), timeout=LOADED, what="the agent to start")
         daemon.kill()  # the machine dies: daemon and agent, no goodbye
         await daemon.proc.wait()
-        done = await api.wait_for("victim", finished, timeout=30, what="victim to finish")
+
+        async def declared_lost() -> bool:
+            t = await op.store.get_task(lost_id)
+            return t is not None and t.state is TaskState.LOST
+
+        await until(declared_lost, timeout=LOADED, what="the killed attempt to be declared lost")
+        done = await api.wait_for("victim", finished, timeout=LOADED, what="victim to finish")
     assert done["status"]["phase"] == "Completed", done["status"]
 
     step = (await api.steps("victim"))["slow"]["status"]

@@ -6,17 +6,21 @@ rest (sandbox, operator, seeded bare repository, summary) is what `make demo` ru
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import os
+import re
+import signal
 from pathlib import Path
 
 import pytest
+import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
 from makima.cli import app
-from makima.demo import DemoOptions, run_demo
+from makima.demo import ClusterClient, DemoOptions, run_demo
 
 from .conftest import OperatorFactory, git
 
@@ -58,6 +62,7 @@ async def test_demo_ends_with_a_pull_request(pg_dsn: str, tmp_path: Path) -> Non
     assert f"{branch} → main" in text
     assert "6 files changed" in text
     assert "kubectl get directives" in text and "kubectl describe directive greeter" in text
+    assert "as above" not in text  # piped (not live): the summary does not point at a tree it never drew
     # The operator logged to its file, not to the console, and the demo put logging and KUBECONFIG back.
     assert "Handler" not in text
     assert (tmp_path / "state" / "operator.log").stat().st_size > 0
@@ -102,3 +107,68 @@ def test_cluster_mode_needs_a_repository_url(tmp_path: Path, monkeypatch: pytest
     result = CliRunner().invoke(app, ["demo", "--cluster", "--state-dir", str(tmp_path)])
     assert result.exit_code == 2
     assert "--cluster needs --repo-url" in result.output
+
+
+def _exported(pasted: list[str]) -> dict[str, str]:
+    """The `export` lines, as a shell would evaluate them (`$(cat FILE)` included)."""
+    env: dict[str, str] = {}
+    for line in pasted:
+        if line.startswith("export "):
+            key, value = line.removeprefix("export ").split("=", 1)
+            if value.startswith("$(cat "):
+                value = Path(value.removeprefix("$(cat ").removesuffix(")")).read_text().strip()
+            env[key] = value
+    return env
+
+
+async def test_demo_keep_prints_lines_that_work_as_written(pg_dsn: str, tmp_path: Path) -> None:
+    """`--keep`: the pasted lines work: kubectl, `makima logs`, and a second directive."""
+    out = io.StringIO()
+    state = tmp_path / "state"
+    opts = DemoOptions(state_dir=state, database_url=pg_dsn, live=False, keep=True)
+    demo = asyncio.create_task(run_demo(opts, Console(file=out, width=120, soft_wrap=True)))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 180
+    while "Press Ctrl-C" not in out.getvalue():
+        assert not demo.done(), out.getvalue()
+        assert loop.time() < deadline, out.getvalue()
+        await asyncio.sleep(0.1)
+    try:
+        text = out.getvalue()
+        assert "the same with kubectl" not in text  # no empty header: the lines come under "keep running"
+        assert "as above" not in text  # not live: no tree was drawn above
+        pasted = [line.strip() for line in text.split("keep running", 1)[1].splitlines()]
+        env = _exported(pasted)
+        assert set(env) == {"KUBECONFIG", "MAKIMA_API_URL", "MAKIMA_READER_TOKEN"}
+        assert env["MAKIMA_READER_TOKEN"] not in text  # the token itself is not printed
+        assert ((state / "reader-token").stat().st_mode & 0o077) == 0
+
+        logs = next(line for line in pasted if line.startswith("makima logs"))
+        args = logs.split("#")[0].split()[1:]
+        result = await asyncio.to_thread(CliRunner().invoke, app, args, env=env)
+        assert result.exit_code == 0, result.output
+        assert re.search(r"^\d\d:\d\d:\d\d  output    ", result.output, re.M), result.output
+        assert re.search(r"^\d\d:\d\d:\d\d  result    succeeded", result.output, re.M), result.output
+
+        apply = next(line for line in pasted if line.startswith("kubectl apply -f "))
+        second = Path(apply.split("#")[0].split()[-1])
+        body = yaml.safe_load(await asyncio.to_thread(second.read_text))
+        assert body["metadata"]["name"] == "greeter-2"
+        assert body["spec"]["repository"]["url"] == f"file://{state / 'origin.git'}"
+        client = ClusterClient(env["KUBECONFIG"])
+        try:
+            await asyncio.to_thread(client.kube.create_directive, "default", body)
+
+            async def planned() -> bool:
+                d = await asyncio.to_thread(client.directive, "default", "greeter-2")
+                return (d or {}).get("status", {}).get("phase") in ("Executing", "Completing", "Completed")
+
+            while not await planned():  # a placeholder URL would pause here instead
+                assert loop.time() < deadline + 180, await asyncio.to_thread(client.directive, "default", "greeter-2")
+                await asyncio.sleep(0.2)
+        finally:
+            client.close()
+    finally:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as the person would
+        result_code = (await asyncio.wait_for(demo, 120)).exit_code
+    assert result_code == 0, out.getvalue()

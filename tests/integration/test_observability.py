@@ -188,3 +188,24 @@ async def test_readyz_follows_the_kubernetes_api(start_operator: OperatorFactory
     finally:
         cfg.host = real_host
     assert await readyz(op.api_url) == 200
+
+
+async def test_a_step_not_yet_dispatched_shows_pending_and_zero_attempts(
+    api: Api, start_operator: OperatorFactory, origin: Path
+) -> None:
+    """`kubectl get dstep` prints PHASE and ATTEMPTS from status: set from the start."""
+    await start_operator()
+    script = {
+        "plan": [{"name": "first", "title": "First"}, {"name": "later", "title": "Later", "dependsOn": ["first"]}],
+        "steps": {"first": {"sleep": 3, "files": {"a.txt": "a\n"}}},
+    }
+    await api.apply_directive(scripted("pend", origin, script))
+    deadline = asyncio.get_running_loop().time() + 60
+    later: dict[str, Any] = {}
+    while asyncio.get_running_loop().time() < deadline:
+        steps = await api.steps("pend")
+        later = steps.get("later", {})
+        if later.get("status"):
+            break
+        await asyncio.sleep(0.05)
+    assert later.get("status") == {"phase": "Pending", "attempts": 0}, later

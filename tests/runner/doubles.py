@@ -66,6 +66,7 @@ class FakeOperatorApi:
         self.pull_requests: dict[str, list[PullRequestReport]] = {}
         self.requests: list[tuple[str, str]] = []
         self.reject_steps: ErrorBody | None = None
+        self.final: set[str] = set()  # tasks whose planner marked the plan final
         self.fail_next: list[int] = []  # statuses to answer (in order) before behaving
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -145,6 +146,8 @@ class FakeOperatorApi:
             return web.json_response(self.reject_steps.model_dump(exclude_none=True), status=422)
         got = self.steps.setdefault(request.match_info["id"], [])
         got.extend(s.model_dump(by_alias=True) for s in batch.steps)
+        if batch.final:
+            self.final.add(request.match_info["id"])
         return web.json_response({"accepted": len(batch.steps)})
 
     async def _pr(self, request: web.Request) -> web.Response:

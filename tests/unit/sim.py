@@ -179,6 +179,7 @@ class World:
                     action.generation,
                     action.route,
                     deadline_at=action.deadline_at,
+                    spec={"goal_hash": action.goal_hash},  # what the shell stores (TaskSpec.goal_hash)
                 )
             elif isinstance(action, CreateSteps):
                 for sub in action.steps:

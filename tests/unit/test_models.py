@@ -112,3 +112,27 @@ def test_defaults_and_camel_case_round_trip() -> None:
 def test_unknown_spec_fields_are_rejected() -> None:
     with pytest.raises(ValidationError, match="extra"):
         DirectiveSpec.model_validate(spec(colour="blue"))
+
+
+def test_a_reader_token_the_api_would_refuse_is_refused_at_start() -> None:
+    """A token the API's Bearer pattern refuses (e.g. too short) fails the settings, without echoing it."""
+    import pydantic
+
+    from makima.config import OperatorSettings
+
+    with pytest.raises(pydantic.ValidationError) as exc:
+        OperatorSettings(reader_token="s3cret")
+    assert "reader_token" in str(exc.value) and "s3cret" not in str(exc.value)
+    with pytest.raises(pydantic.ValidationError):
+        OperatorSettings(reader_token="has space in it")
+    assert OperatorSettings(reader_token="a-long-enough.token_0123").reader_token == "a-long-enough.token_0123"
+
+
+def test_the_operator_command_refuses_a_bad_reader_token_before_starting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from makima.cli import app
+
+    result = CliRunner().invoke(app, ["operator"], env={"MAKIMA_READER_TOKEN": "s3cret"})
+    assert result.exit_code == 2
+    assert "invalid setting MAKIMA_READER_TOKEN" in result.output and "s3cret" not in result.output

@@ -19,11 +19,12 @@ import re
 
 from aiohttp import web
 
+from ..config import TOKEN_PATTERN
 from ..store import TaskStore, token_matches
 from ..tasks import Task
 from .errors import ApiError
 
-_BEARER = re.compile(r"^Bearer ([A-Za-z0-9._~+/=-]{8,512})$")
+_BEARER = re.compile(rf"^Bearer ({TOKEN_PATTERN})$")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="makima"'}
 
 

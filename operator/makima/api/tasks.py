@@ -12,7 +12,9 @@ re-read (and re-authorised: it may have finished meanwhile) a bounded number of 
 
 What lands in `tasks.result` (JSON), for the controller:
 - planning: `{"steps": [StepSubmission by alias: name, title, description, taskPlan,
-  dependsOn, orderIndex], ...}`, accumulated across calls;
+  dependsOn, orderIndex], "final": true?, ...}`, accumulated across calls; `final` marks the
+  plan complete (an empty final batch: a re-plan with nothing new to do; refused for
+  generation 1), after which nothing more is accepted;
 - completion: `{"pull_request_url": url, "pull_request": {"url", "branch"}, ...}`;
 - every kind, on its result: the TaskResult fields (`outcome`, `branch`, `commit`,
   `changed_files`, `message`, `pull_request_url`), merged over what is already there.
@@ -256,10 +258,11 @@ def _step_name(raw_steps: Any, index: Any) -> str | None:
     return None
 
 
-def _parse_steps(data: Any) -> tuple[list[Problem], list[StepSubmission]]:
-    """Shape problems (one per pydantic error, with the step's name) and the valid steps."""
+def _parse_steps(data: Any) -> tuple[list[Problem], list[StepSubmission], bool]:
+    """Shape problems (one per pydantic error, with the step's name), the valid steps, `final`."""
     try:
-        return [], StepBatch.model_validate(data).steps
+        batch = StepBatch.model_validate(data)
+        return [], batch.steps, batch.final
     except ValidationError as exc:
         raw_steps = data.get("steps") if isinstance(data, dict) else None
         problems = []
@@ -275,7 +278,7 @@ def _parse_steps(data: Any) -> tuple[list[Problem], list[StepSubmission]]:
                 valid.append(StepSubmission.model_validate(item))
             except ValidationError:
                 pass
-    return problems, valid
+    return problems, valid, False
 
 
 async def post_steps(request: web.Request) -> web.Response:
@@ -285,8 +288,12 @@ async def post_steps(request: web.Request) -> web.Response:
     data = await read_json(request)
     reject_nul(data)
     for _ in range(deps.cas_retries):
-        problems, submitted = _parse_steps(data)
+        problems, submitted, final = _parse_steps(data)
+        if (task.result or {}).get("final"):
+            raise ApiError(409, f"task {task.id} already marked its plan final: nothing more can be submitted")
         previous = _stored_steps(task)
+        if final and not submitted and not previous and task.generation < 2:
+            problems.append(Problem(message="the first plan (generation 1) needs at least one step", field="steps"))
         known = {s.name for s in previous}
         new: list[StepSubmission] = []
         for step in submitted:
@@ -298,14 +305,18 @@ async def post_steps(request: web.Request) -> web.Response:
                 continue
             known.add(step.name)
             new.append(step)
-        problems += await deps.validate_steps(task, previous + new)
+        if previous or new:
+            problems += await deps.validate_steps(task, previous + new)
         if problems:
             raise ApiError(
                 422, f"step submission refused with {len(problems)} problem(s); nothing was stored", problems
             )
         steps = [s.model_dump(mode="json", by_alias=True) for s in previous + new]
+        result = {**(task.result or {}), "steps": steps}
+        if final:
+            result["final"] = True
         try:
-            task = await deps.store.update_fields(task.id, task.version, result={**(task.result or {}), "steps": steps})
+            task = await deps.store.update_fields(task.id, task.version, result=result)
             break
         except VersionConflict:
             task = await _reread(deps.store, task.id, token)

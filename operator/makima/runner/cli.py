@@ -64,15 +64,19 @@ def _run_api(what: str, call: Callable[[TaskClient], Awaitable[T]]) -> T:
         raise typer.Exit(EXIT_FAILED) from None
 
 
-def submit_steps_or_report(steps: list[StepSubmission]) -> int:
+def submit_steps_or_report(steps: list[StepSubmission], *, final: bool = False) -> int:
     """Submit steps for the current task; print the outcome; return an exit status.
 
-    Shared by `makima directive batch-add-steps`/`add-step` and the scripted agent.
+    Shared by `makima directive batch-add-steps`/`add-step`/`no-new-steps` and the scripted
+    agent. `final` with no steps: a re-plan that adds nothing.
     """
     try:
-        accepted = _run_api("steps rejected", lambda c: c.submit_steps(steps))
+        accepted = _run_api("steps rejected", lambda c: c.submit_steps(steps, final=final))
     except typer.Exit as exc:
         return int(exc.exit_code)
+    if not steps:
+        Console(highlight=False).print("recorded: the plan needs no new steps", markup=False)
+        return 0
     Console(highlight=False).print(f"accepted {accepted} step(s): {', '.join(s.name for s in steps)}", markup=False)
     return 0
 
@@ -215,6 +219,12 @@ def batch_add_steps(
     except (OSError, ValueError) as exc:
         raise _usage_error(str(exc)) from None
     raise typer.Exit(submit_steps_or_report(steps))
+
+
+@directive_app.command("no-new-steps")
+def no_new_steps() -> None:
+    """Say that this re-plan adds nothing: the existing steps already reach the goal."""
+    raise typer.Exit(submit_steps_or_report([], final=True))
 
 
 @directive_app.command("update")

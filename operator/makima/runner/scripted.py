@@ -22,6 +22,8 @@ Format (every key optional; unknown keys are an error)::
     replan:                     # planning, generation N >= 2
       2:
         - {name: tests, title: Add tests, dependsOn: [api]}
+      3: []                     # an empty list: `makima directive no-new-steps` (nothing new);
+                                # a generation not listed submits nothing at all
     steps:                      # step tasks, by step name (MAKIMA_STEP)
       api:
         files: {src/api.py: "print('hi')\\n"}   # written relative to the repo root
@@ -189,6 +191,8 @@ def run_script(script: Script, env: Mapping[str, str], root: Path) -> int:
         from .cli import submit_steps_or_report
 
         steps = script.planned(generation)
+        if not steps and generation >= 2 and generation in script.replan:
+            return submit_steps_or_report([], final=True)
         if not steps:
             print(f"scripted agent: nothing to plan for generation {generation}")
             return 0

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from . import discovery, tables
 from .cluster import Cluster
-from .errors import ApiError, bad_request, gone
+from .errors import ApiError, bad_request, gone, invalid
 from .resources import ResourceType
 from .selecting import field_selector, label_selector
 from .store import Event
@@ -117,6 +117,7 @@ class Api:
         method = request.method
         cluster = self.cluster
         validation = q.get("fieldValidation")
+        dry_run = _dry_run(q.getall("dryRun", []))
 
         if method == "GET" and name is None:
             if q.get("watch") in ("true", "1"):
@@ -129,19 +130,21 @@ class Api:
             obj = cluster.get(rt, namespace, name or "")
             return self._respond(request, rt, [obj], obj["metadata"]["resourceVersion"])
         if method == "POST" and name is None:
-            return web.json_response(cluster.create(rt, namespace, await self._body(request), validation), status=201)
+            made = cluster.create(rt, namespace, await self._body(request), validation, dry_run=dry_run)
+            return web.json_response(made, status=201)
         if method == "PUT" and name is not None:
             body = await self._body(request)
-            return web.json_response(cluster.update(rt, namespace, name, body, sub, validation))
+            return web.json_response(cluster.update(rt, namespace, name, body, sub, validation, dry_run=dry_run))
         if method == "PATCH" and name is not None:
             body = await self._body(request)
             ctype = request.headers.get("Content-Type", "")
-            return web.json_response(cluster.patch(rt, namespace, name, ctype, body, sub, validation))
+            return web.json_response(cluster.patch(rt, namespace, name, ctype, body, sub, validation, dry_run=dry_run))
         if method == "DELETE" and name is not None:
             options = await self._body(request, optional=True) or {}
             if q.get("propagationPolicy"):
                 options["propagationPolicy"] = q["propagationPolicy"]
-            return web.json_response(cluster.delete(rt, namespace, name, options))
+            dry_run = dry_run or _dry_run(options.get("dryRun") or [])
+            return web.json_response(cluster.delete(rt, namespace, name, options, dry_run=dry_run))
         if method == "DELETE":
             options = await self._body(request, optional=True) or {}
             deleted = cluster.delete_collection(rt, namespace, q.get("labelSelector"), q.get("fieldSelector"), options)
@@ -300,6 +303,19 @@ class Api:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         return response
+
+
+def _dry_run(values: list[str]) -> bool:
+    """`dryRun=All`: validate and answer as if written, store nothing. Any other value: 422."""
+    for value in values:
+        if value != "All":
+            cause = {
+                "reason": "FieldValueNotSupported",
+                "message": f'Unsupported value: "{value}": supported values: "All"',
+                "field": "dryRun",
+            }
+            raise invalid("meta.k8s.io", "Options", "", [cause])
+    return bool(values)
 
 
 def _transition(event: Event, matches: Callable[[dict[str, Any] | None], bool]) -> str | None:

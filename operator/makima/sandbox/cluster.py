@@ -80,6 +80,8 @@ class Cluster:
         namespace: str | None,
         body: dict[str, Any],
         field_validation: str | None = None,
+        *,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise bad_request("the body of the request was in an unknown format")
@@ -121,6 +123,8 @@ class Cluster:
         obj.pop("kind", None)
         self._admit(rt, obj, field_validation)
         self._builtin_defaults(rt, obj)
+        if dry_run:  # validated and defaulted, as it would be stored; no resourceVersion, no event
+            return self.present(rt, obj)
         stored = self.store.put(rt.key, obj, "ADDED")
         if rt.key == CRD_KEY:
             self.registry.apply_crd(stored)
@@ -134,6 +138,8 @@ class Cluster:
         body: dict[str, Any],
         subresource: str | None = None,
         field_validation: str | None = None,
+        *,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise bad_request("the body of the request was in an unknown format")
@@ -144,7 +150,7 @@ class Cluster:
         rv = meta.get("resourceVersion")
         if rv and rv != current["metadata"]["resourceVersion"]:
             raise conflict(rt.group, rt.plural, name)
-        return self._write(rt, current, copy.deepcopy(body), subresource, field_validation)
+        return self._write(rt, current, copy.deepcopy(body), subresource, field_validation, dry_run)
 
     def patch(
         self,
@@ -155,13 +161,15 @@ class Cluster:
         patch: Any,
         subresource: str | None = None,
         field_validation: str | None = None,
+        *,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         current = self.get(rt, namespace, name)
         patched = patching.apply_patch(content_type, copy.deepcopy(current), patch)
         rv = (patched.get("metadata") or {}).get("resourceVersion")
         if rv and rv != current["metadata"]["resourceVersion"]:
             raise conflict(rt.group, rt.plural, name)  # a patch naming a resourceVersion is a precondition
-        return self._write(rt, current, patched, subresource, field_validation)
+        return self._write(rt, current, patched, subresource, field_validation, dry_run)
 
     def _write(
         self,
@@ -170,6 +178,7 @@ class Cluster:
         new: dict[str, Any],
         subresource: str | None,
         field_validation: str | None,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         name = current["metadata"]["name"]
         old = {k: v for k, v in current.items() if k not in ("apiVersion", "kind")}
@@ -215,6 +224,8 @@ class Cluster:
             return current
         if self._spec_changed(rt, old, result):
             result["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        if dry_run:
+            return self.present(rt, result)
         if result["metadata"].get("deletionTimestamp") and not result["metadata"].get("finalizers"):
             gone = self.store.remove(rt.key, result["metadata"].get("namespace", ""), name)
             return self.present(rt, gone or result)
@@ -236,6 +247,8 @@ class Cluster:
         namespace: str | None,
         name: str,
         options: dict[str, Any] | None = None,
+        *,
+        dry_run: bool = False,
     ) -> dict[str, Any]:
         options = options or {}
         current = self.get(rt, namespace, name)
@@ -246,6 +259,8 @@ class Cluster:
             meta["resourceVersion"],
         ):
             raise conflict(rt.group, rt.plural, name)
+        if dry_run:  # the object as it is: nothing is deleted, orphaned or marked
+            return current
         # batch/v1 Jobs still default to orphaning their pods, as on a real server.
         default = "Orphan" if rt.key == ("batch", "jobs") else "Background"
         policy = options.get("propagationPolicy") or ("Orphan" if options.get("orphanDependents") else default)

