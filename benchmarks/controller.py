@@ -36,6 +36,8 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 class FakeKube:
     """Test double of `Kube`: status patches return the patched object with a new resourceVersion."""
 
+    directive: Any  # set by build(): the controller's copy of a directive
+
     def __init__(self, objects: dict[tuple[str, str], dict[str, Any]]) -> None:
         self.objects = objects
         self.calls = 0
@@ -44,12 +46,15 @@ class FakeKube:
     async def patch_status(self, plural: str, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         self.calls += 1
         self.rv += 1
-        obj = copy.deepcopy(self.objects[(namespace, name)]) if plural != "directives" else copy.deepcopy(self.directive(namespace, name))
+        obj = (
+            copy.deepcopy(self.objects[(namespace, name)])
+            if plural != "directives"
+            else copy.deepcopy(self.directive(namespace, name))
+        )
         obj.setdefault("status", {}).update({k: v for k, v in status.items() if v is not None})
         obj["metadata"]["resourceVersion"] = str(self.rv)
         self.objects[(namespace, name)] = obj
         return obj
-
 
     async def emit_event(self, obj: dict[str, Any], type_: str, reason: str, message: str) -> None:
         self.calls += 1
@@ -164,11 +169,18 @@ def build(n: int, steps: int) -> tuple[Controller, dict[tuple[str, str], list[di
             index.setdefault(("bench", name), []).append(obj)
             objects[("bench", obj_name)] = obj
     kube, store = FakeKube(objects), FakeStore(tasks)
-    c = Controller(kube, store, FakeDispatcher(tasks), ReconcileConfig(), steps_source=lambda key: index.get(key, []), clock=lambda: NOW)  # type: ignore[arg-type]
+    c = Controller(
+        kube,
+        store,
+        FakeDispatcher(tasks),
+        ReconcileConfig(),
+        steps_source=lambda key: index.get(key, []),
+        clock=lambda: NOW,
+    )  # type: ignore[arg-type]
     c.steps_index = index
     for body in directives:
         c.observe_directive(body)
-    kube.directive = lambda ns, name: c.directives[(ns, name)]  # type: ignore[attr-defined]
+    kube.directive = lambda ns, name: c.directives[(ns, name)]
     return c, index, kube, store
 
 
