@@ -23,6 +23,7 @@ import copy
 import json
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from makima import naming
@@ -221,7 +222,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 2000])
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--json", action="store_true", help="print one JSON list instead of a table")
+    parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
     rows = []
     for n in args.sizes:
@@ -234,8 +235,7 @@ def main() -> None:
         else:
             rows.append(asyncio.run(measure(n, args.steps)))
     if args.json:
-        print(json.dumps(rows))
-        return
+        args.json.write_text(json.dumps({"rows": rows}, indent=2))
     print(f"{'directives':>10} {'ingest ms/dir':>14} {'idle ms/dir':>12} {'idle SQL/dir':>13} {'idle API/dir':>13}")
     for r in rows:
         print(
