@@ -124,7 +124,9 @@ def directive(name: str, parallel: int = 8) -> dict[str, Any]:
             "title": f"scale {name}",
             "goal": f"scale benchmark directive {name}",
             "repository": {"url": "https://example.invalid/repo.git"},
-            "execution": {"mode": "Daemon", "maxParallelSteps": parallel, "retries": 0},
+            # retries: a spawn the daemon does not ack in time falls back to a Job, whose pod
+            # cannot run the instant agent; the retry goes back to the daemon.
+            "execution": {"mode": "Daemon", "maxParallelSteps": parallel, "retries": 3},
             "agent": {"command": ["instant"]},
         },
     }
@@ -136,8 +138,9 @@ def directive(name: str, parallel: int = 8) -> dict[str, Any]:
 class Rig:
     """The sandbox process, the embedded store, the operator process, the daemon, a client."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, profile: Path | None = None) -> None:
         self.root = root
+        self.profile = profile  # run the (first) operator under pyinstrument, text report here
         self.pg = EmbeddedPostgres(root / "pg")
         self.dsn = ""
         self.sandbox: subprocess.Popen[bytes] | None = None
@@ -205,8 +208,14 @@ class Rig:
         offset = self.op_log.stat().st_size if self.op_log.exists() else 0
         log = self.op_log.open("ab")
         self.started_at = time.perf_counter()
+        cmd = makima_cmd("operator")
+        if self.profile is not None:
+            script = self.root / "operator_main.py"
+            script.write_text("from makima.cli import main\n\nmain()\n")
+            cmd = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(self.profile), str(script), "operator"]
+            self.profile = None  # the restart (start-up figure) runs without it
         self.operator = subprocess.Popen(  # noqa: ASYNC220 (the spawn is part of the start-up timed)
-            makima_cmd("operator"), env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
+            cmd, env=env, stdout=log, stderr=log, stdin=subprocess.DEVNULL
         )
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -343,6 +352,7 @@ class SizePoint:
     idle_sql_per_directive_tick: float = 0.0
     idle_api_per_directive_tick: float = 0.0
     rss_mib: float = 0.0
+    job_fallbacks: int = 0  # spawns not acked in time (see the operator log), retried
     phases: dict[str, int] = field(default_factory=dict)
 
 
@@ -382,6 +392,7 @@ async def grow_to(rig: Rig, start: int, size: int, steps: int, idle_ticks: int) 
     point.idle_sql_per_directive_tick = (sql1 - sql0 - 2) / idle_ticks / size  # minus our 2 reads
     point.idle_api_per_directive_tick = (api1 - api0) / idle_ticks / size
     point.rss_mib = rig.rss() / 2**20
+    point.job_fallbacks = rig.op_log.read_text(errors="replace").count("falling back to a Job")
     return point
 
 
@@ -396,9 +407,11 @@ class ScaleResult:
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
-async def run(sizes: list[int], steps: int, idle_ticks: int, root: Path, skip_p5: bool = False) -> ScaleResult:
+async def run(
+    sizes: list[int], steps: int, idle_ticks: int, root: Path, skip_p5: bool = False, profile: Path | None = None
+) -> ScaleResult:
     res = ScaleResult()
-    rig = Rig(root)
+    rig = Rig(root, profile)
     try:
         await rig.start()
         res.first_start_seconds = await rig.start_operator()
@@ -439,6 +452,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="the issue's sizes: 100, 500, 2,000 directives x 25")
     parser.add_argument("--skip-p5", action="store_true")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--profile", type=Path, help="run the operator under pyinstrument; its report goes here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.full:
@@ -446,7 +460,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="makima-scale-"))
     os.chmod(root, 0o755)
     try:
-        res = asyncio.run(run(args.sizes, args.steps, args.idle_ticks, root, args.skip_p5))
+        res = asyncio.run(run(args.sizes, args.steps, args.idle_ticks, root, args.skip_p5, args.profile))
     except BaseException:
         log = root / "operator.log"
         if log.exists():

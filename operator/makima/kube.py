@@ -34,8 +34,9 @@ DIRECTIVES = "directives"
 STEPS = "directivesteps"
 DAEMON_TOKEN_SECRET = "makima-daemon-token"
 # Threads for API calls (and HTTP connections to the API server). Each call mostly waits on
-# the network, so this is sized for concurrency, not for cores.
-KUBE_THREADS = int(os.environ.get("MAKIMA_KUBE_THREADS", "32"))
+# the network, so this is sized for concurrency, not for cores; but each also holds the GIL
+# while it encodes and decodes, so a much larger pool starves the event loop.
+KUBE_THREADS = int(os.environ.get("MAKIMA_KUBE_THREADS", "16"))
 
 
 class KubeError(RuntimeError):
