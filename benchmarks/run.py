@@ -298,7 +298,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="P3 at 100, 500 and 2,000 directives x 25 steps")
     parser.add_argument("--only", nargs="+", default=["store", "handoff", "scale", "controller"])
-    parser.add_argument("--scale-sizes", type=int, nargs="+", default=[50, 150, 300])
+    parser.add_argument("--scale-sizes", type=int, nargs="+", default=[10, 30, 60])
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="makima-bench-"))
     figs: list[Figure] = []

@@ -446,7 +446,7 @@ async def run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[50, 150])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 30, 60])
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--idle-ticks", type=int, default=2)
     parser.add_argument("--full", action="store_true", help="the issue's sizes: 100, 500, 2,000 directives x 25")
