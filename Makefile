@@ -50,9 +50,11 @@ crds: install
 	cp crds/*.yaml charts/makima/crds/
 	$(VENV)/bin/makima crds --reference > docs/crd-reference.md
 
+# Every benchmark side by side: one table, benchmarks/results/latest.{json,png} (and a dated
+# copy). `make bench ARGS=--full` runs the scale benchmark at 2,000 directives x 25 steps.
 bench: install
-	$(PY) benchmarks/store.py
-	$(PY) benchmarks/handoff.py
+	$(PIP) install -q -e '.[test,bench]'
+	$(PY) benchmarks/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

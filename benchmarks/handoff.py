@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import os
 import shutil
@@ -413,7 +414,8 @@ async def main_async(args: argparse.Namespace, dsn: str, root: Path) -> list[Res
         c0, s0 = histogram_count_sum("makima_handoff_latency_seconds")
         # The idle cost is measured on the default (event-driven) operator only.
         idle = 0 if poll_only else args.idle_ticks
-        res = await run_mode(mode, poll_only, tick, args.steps, idle, dsn, origin, root)
+        steps = (args.poll_steps or args.steps) if poll_only else args.steps
+        res = await run_mode(mode, poll_only, tick, steps, idle, dsn, origin, root)
         c1, s1 = histogram_count_sum("makima_handoff_latency_seconds")
         res.hist_count, res.hist_sum = c1 - c0, s1 - s0
         results.append(res)
@@ -428,6 +430,8 @@ def main() -> None:
     parser.add_argument("--poll-tick", type=float, default=None, help="a different tick for the poll-only run")
     parser.add_argument("--idle-ticks", type=int, default=2, help="timer ticks to watch once Completed")
     parser.add_argument("--dsn", default=os.environ.get("MAKIMA_BENCH_DATABASE_URL"))
+    parser.add_argument("--poll-steps", type=int, default=None, help="a shorter chain for the poll-only run")
+    parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -449,6 +453,26 @@ def main() -> None:
         "real Job path: each task is a sandbox Job running `makima task run` + the scripted agent, in-process kopf",
         "external PostgreSQL" if args.dsn else "embedded PostgreSQL (synchronous_commit=off)",
     )
+    if args.json:
+        out = {}
+        for r in results:
+            values = r.observed[1:] or r.observed  # step -> step hand-offs
+            out["poll" if r.mode.startswith("poll") else "event"] = {
+                "n": len(values),
+                "mean": statistics.mean(values) if values else None,
+                "p50": pct(values, 0.50) if values else None,
+                "p95": pct(values, 0.95) if values else None,
+                "p99": pct(values, 0.99) if values else None,
+                "max": max(values) if values else None,
+                "phase": r.phase,
+                "wall": r.wall,
+                "tick": r.tick,
+                "idle_timer_runs": r.idle_timer_runs,
+                "idle_api_calls": r.idle_api_calls,
+                "idle_queries": r.idle_queries,
+            }
+        out["load"] = os.getloadavg()  # type: ignore[assignment]
+        args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

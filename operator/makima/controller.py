@@ -4,19 +4,26 @@ One reconcile runs at a time per directive; triggers that arrive meanwhile coale
 a single follow-up run. The snapshot costs no Kubernetes API calls: steps come from the
 kopf index (overlaid with the objects this process itself just wrote, so a follow-up run
 never acts on a view older than its own writes) and tasks from one SQL query.
+
+Everything kept per directive is indexed by directive: a reconcile touches only its own
+directive's objects, whatever the number of directives held. Our own writes are dropped
+as soon as the watch shows them; the gauges are kept incrementally. One timer loop per
+operator (not one per object) is the safety net: an unchanged directive costs it a digest
+comparison, no SQL and no API call, whether or not its tasks are running (a task's
+heartbeat running out is found by one query per tick for all directives).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+import zlib
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 import asyncpg
 from pydantic import ValidationError
@@ -24,7 +31,7 @@ from pydantic import ValidationError
 from . import metrics, naming
 from .dispatch import TaskDispatcher
 from .kube import DIRECTIVES, STEPS, Kube
-from .models import Directive, DirectivePhase, DirectiveStatus, DirectiveStep, StepPhase
+from .models import Directive, DirectivePhase, DirectiveStatus, DirectiveStep, ExecutorKind, StepPhase
 from .reconcile import (
     Action,
     CreatePlanningTask,
@@ -48,9 +55,29 @@ from .store.errors import IllegalTransition, StoreError, VersionConflict
 from .tasks import Task, TaskKind, TaskState
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 Key = tuple[str, str]  # (namespace, directive name)
 QUIET_TICKS = 20  # idle timer runs skipped before one full check (5 min at the 15 s default)
+CREATE_CONCURRENCY = 16  # a plan's DirectiveSteps created at the same time
+DISPATCH_CONCURRENCY = 16  # a wave's steps launched at the same time (rows, Secrets, Jobs)
+TIMER_CONCURRENCY = 32  # timer-driven reconciles running at the same time (store pool, API)
+
+
+async def bounded(limit: int, calls: Sequence[Callable[[], Awaitable[R]]]) -> list[R]:
+    """Run `calls` with at most `limit` in flight; all run to the end, then the first error
+    (in call order) is raised."""
+    slots = asyncio.Semaphore(limit)
+
+    async def one(call: Callable[[], Awaitable[R]]) -> R:
+        async with slots:
+            return await call()
+
+    results = await asyncio.gather(*(one(c) for c in calls), return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results  # type: ignore[return-value]
 
 
 _NEW_STEP_STATUS = {"phase": StepPhase.PENDING.value, "attempts": 0}
@@ -91,16 +118,43 @@ def status_diff(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, A
     return patch
 
 
+def finished_at(status: DirectiveStatus) -> datetime | None:
+    """When a Completed or Failed directive finished (None while it is not finished)."""
+    conds = {c.type: c for c in status.conditions}
+    if status.phase is DirectivePhase.COMPLETED:
+        done = conds.get("Completed")
+        return status.completed_at or (done.last_transition_time if done is not None else None)
+    if status.phase is DirectivePhase.FAILED:
+        failed = conds.get("Failed")
+        return failed.last_transition_time if failed is not None and failed.status == "True" else None
+    return None
+
+
+def ttl_expiry(directive: Directive) -> datetime | None:
+    """When a finished directive is due for deletion under `spec.ttlSecondsAfterFinished`."""
+    ttl = directive.spec.ttl_seconds_after_finished
+    done = finished_at(directive.status) if ttl is not None else None
+    if ttl is None or done is None:
+        return None
+    return done + timedelta(seconds=ttl)
+
+
+def _phase_of(obj: Mapping[str, Any], default: str) -> str:
+    return str((obj.get("status") or {}).get("phase") or default)
+
+
 @dataclass
 class _KeyState:
     running: bool = False
     again: bool = False
-    digest: str | None = None
+    digest: tuple[Any, ...] | None = None
     triggers: set[str] = field(default_factory=set)
     report_at: float | None = None  # when a task report arrived (hand-off latency)
-    quiet: str | None = None  # digest of the objects of an idle directive (timer skips the store)
+    quiet: tuple[Any, ...] | None = None  # the objects of an unchanged directive (timer skips the store)
     quiet_ticks: int = 0
+    quiet_limit: int = QUIET_TICKS  # full check after this many skipped ticks (spread per directive)
     wakeup: asyncio.TimerHandle | None = None  # a reconcile due at a known time (retry backoff)
+    expires_at: datetime | None = None  # a finished directive's TTL deadline
 
 
 class Controller:
@@ -124,18 +178,29 @@ class Controller:
         self.clock = clock
         # Off in poll-only mode: then only the timer reconciles (the seed's behaviour, a baseline).
         self.fast_path = fast_path
-        # The whole kopf index (all directives), for the steps-by-phase gauge; bound by handlers.
+        # The whole kopf index (all directives); bound by handlers (kept for callers that list).
         self.steps_index: Mapping[Key, Iterable[dict[str, Any]]] | None = None
         self.directives: dict[Key, dict[str, Any]] = {}
-        self._written: dict[tuple[str, str], dict[str, Any]] = {}  # (ns, step object name) -> our last write
+        # Per directive: step object name -> our last write, until the watch shows it.
+        self._written: dict[Key, dict[str, dict[str, Any]]] = {}
         self._keys: dict[Key, _KeyState] = {}
         self._background: set[asyncio.Task[None]] = set()
+        # Gauges kept incrementally: each directive's own contribution, and the totals.
+        self._directive_phase: dict[Key, str] = {}
+        self._directive_totals: Counter[str] = Counter()
+        self._step_phases: dict[Key, Counter[str]] = {}
+        self._step_totals: Counter[str] = Counter()
+        self._timer_slots: asyncio.Semaphore | None = None
+        self.create_concurrency = CREATE_CONCURRENCY
+        self.dispatch_concurrency = DISPATCH_CONCURRENCY
 
     # ---- inputs ---------------------------------------------------------------------------
 
     def observe_directive(self, body: dict[str, Any]) -> Key:
         key = (body["metadata"]["namespace"], body["metadata"]["name"])
-        self.directives[key] = newest(self.directives.get(key), dict(body)) or dict(body)
+        current = newest(self.directives.get(key), dict(body)) or dict(body)
+        self.directives[key] = current
+        self._count_directive(key, _phase_of(current, DirectivePhase.PENDING.value))
         return key
 
     def forget_directive(self, key: Key) -> None:
@@ -143,18 +208,36 @@ class Controller:
         state = self._keys.pop(key, None)
         if state is not None and state.wakeup is not None:
             state.wakeup.cancel()
-        for k in [k for k, v in self._written.items() if k[0] == key[0] and v["spec"]["directive"] == key[1]]:
-            self._written.pop(k, None)
-        self._count_phases()
+        self._written.pop(key, None)
+        self._count_directive(key, None)
+        self._count_steps_of(key, [])
+
+    def step_seen(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
+        """The watch delivered a step: our own write of it is no longer needed once the watch
+        has caught up with it (or the step is gone)."""
+        meta = obj.get("metadata") or {}
+        key = (meta.get("namespace") or "", (obj.get("spec") or {}).get("directive") or "")
+        written = self._written.get(key)
+        if not written or meta.get("name") not in written:
+            return
+        if deleted or _rv(dict(obj)) >= _rv(written[meta["name"]]):
+            del written[meta["name"]]
+            if not written:
+                del self._written[key]
 
     def steps_of(self, key: Key) -> list[dict[str, Any]]:
-        """Index copies overlaid with our own newer writes."""
-        merged: dict[str, dict[str, Any]] = {}
-        for obj in self.steps_source(key):
-            merged[obj["metadata"]["name"]] = dict(obj)
-        for (ns, name), obj in self._written.items():
-            if ns == key[0] and obj["spec"]["directive"] == key[1]:
-                merged[name] = newest(merged.get(name), obj) or obj
+        """This directive's index copies overlaid with our own newer writes (only its own)."""
+        merged: dict[str, dict[str, Any]] = {obj["metadata"]["name"]: obj for obj in self.steps_source(key)}
+        written = self._written.get(key)
+        if written:
+            for name, obj in list(written.items()):
+                seen = merged.get(name)
+                if seen is not None and _rv(seen) >= _rv(obj):
+                    del written[name]  # the watch has caught up: drop our copy
+                else:
+                    merged[name] = obj
+            if not written:
+                self._written.pop(key, None)
         return list(merged.values())
 
     def daemon_views(self, namespace: str) -> list[DaemonView]:
@@ -212,9 +295,45 @@ class Controller:
         finally:
             state.running = False
 
+    def _kube_view(self, key: Key, body: dict[str, Any], steps: list[dict[str, Any]]) -> tuple[Any, ...]:
+        """What the timer compares: the directive's and its steps' resourceVersions, and the
+        daemons that could take its work. Cheap: no parsing, no hashing."""
+        finished = _phase_of(body, "") in (DirectivePhase.COMPLETED, DirectivePhase.FAILED, DirectivePhase.PAUSED)
+        daemons = (
+            tuple(sorted((d.id, len(d.in_flight), d.capacity) for d in self.daemons.available(key[0])))
+            if self.daemons is not None and not finished
+            else ()
+        )
+        return (_rv(body), frozenset((s["metadata"]["name"], _rv(s)) for s in steps), daemons)
+
+    def quiet(self, key: Key) -> bool:
+        """True when a timer run of `key` would do nothing: the directive and its steps are
+        as the last full run left them, its tasks did not report, no TTL is due, and the
+        periodic full check is not due. Costs no SQL and no API call."""
+        state = self._keys.get(key)
+        body = self.directives.get(key)
+        if state is None or state.quiet is None or body is None:
+            return False
+        if state.quiet_ticks >= state.quiet_limit:
+            return False
+        if state.expires_at is not None and self.clock() >= state.expires_at:
+            return False
+        if state.quiet != self._kube_view(key, body, self.steps_of(key)):
+            return False
+        state.quiet_ticks += 1
+        return True
+
     async def reconcile(self, key: Key, only_if_changed: bool = False) -> list[Action]:
         body = self.directives.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
+            return []
+        state = self._keys.setdefault(key, _KeyState())
+        # The timer is a safety net: for a directive whose objects did not change it does
+        # nothing at all, not even the SQL query (its tasks only change through this process,
+        # which clears `quiet` when they do; a task's deadline is a wake-up; a lost heartbeat
+        # is found by the timer's one sweep for all directives); a full check still runs every
+        # `quiet_limit` ticks.
+        if only_if_changed and self.quiet(key):
             return []
         try:
             directive = Directive.model_validate(body)
@@ -224,24 +343,22 @@ class Controller:
             await self.apply(key, body, [], actions)
             return actions
         steps = self.steps_of(key)
-        state = self._keys.setdefault(key, _KeyState())
+        self._count_steps_of(key, steps)
+        state.expires_at = ttl_expiry(directive)
+        if state.expires_at is not None and self.clock() >= state.expires_at:
+            log.info("%s/%s: finished and past its ttlSecondsAfterFinished; deleting it", *key)
+            await self.kube.delete_directive(*key)
+            state.quiet, state.expires_at = None, None
+            return []
         report_seen = state.report_at
         # Daemons are part of the snapshot: one connecting (or freeing a slot) may unblock routing.
         daemons = self.daemon_views(key[0])
-        # The timer is a safety net: for an idle directive whose objects did not change it does
-        # nothing at all, not even the SQL query (its tasks only change through this process,
-        # which clears `quiet` when they do); a full check still runs every QUIET_TICKS ticks.
-        kube_digest = self._digest(body, steps, (), daemons)
-        if only_if_changed and state.quiet == kube_digest and state.quiet_ticks < QUIET_TICKS:
-            state.quiet_ticks += 1
-            return []
+        kube_view = self._kube_view(key, body, steps)
         tasks = await self.store.tasks_for_directive(directive.metadata.uid)
-        digest = self._digest(body, steps, tasks, daemons)
-        idle = not any(t.state.active for t in tasks) and not any(
-            s.get("status", {}).get("nextAttemptAt") for s in steps
-        )
-        if only_if_changed and idle and digest == state.digest:
-            state.quiet, state.quiet_ticks = kube_digest, 0
+        digest = (kube_view, frozenset((t.id, t.version) for t in tasks))
+        active = any(t.state.active for t in tasks) or any((s.get("status") or {}).get("nextAttemptAt") for s in steps)
+        if only_if_changed and not active and digest == state.digest:
+            self._settle(key, state, kube_view, active)
             return []
         snapshot = Snapshot(
             directive=directive,
@@ -256,18 +373,101 @@ class Controller:
         if not actions and state.report_at == report_seen:
             state.report_at = None  # nothing follows from that report: a later dispatch is no hand-off
         state.digest = digest if not actions else None
-        state.quiet, state.quiet_ticks = (kube_digest, 0) if idle and not actions else (None, 0)
         if actions:
-            self._count_steps()
+            state.quiet, state.quiet_ticks = None, 0
+            self._count_steps_of(key, self.steps_of(key))
+        else:
+            self._settle(key, state, kube_view, active)
         self._schedule_wakeup(key, state, tasks)
         return actions
+
+    def _settle(self, key: Key, state: _KeyState, kube_view: tuple[Any, ...], active: bool) -> None:
+        """Nothing to do now: let the timer skip this directive until something changes. With
+        the fast path on, a directive with running tasks or a pending retry may go quiet too
+        (reports, wake-ups and the expiry sweep cover what time alone changes); in poll-only
+        mode only the timer moves such a directive, so it stays loud."""
+        if active and not self.fast_path:
+            state.quiet, state.quiet_ticks = None, 0
+            return
+        state.quiet, state.quiet_ticks = kube_view, 0
+        state.quiet_limit = QUIET_TICKS + zlib.crc32(f"{key[0]}/{key[1]}".encode()) % QUIET_TICKS
+
+    # ---- the safety-net timer ---------------------------------------------------------------
+
+    async def run_timer(self, tick: float, first_delay: float | None = None) -> None:
+        """One loop for every directive (instead of one kopf timer per object)."""
+        await asyncio.sleep(min(tick, 1.0) if first_delay is None else first_delay)
+        while True:
+            started = time.monotonic()
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("timer tick failed; the next one retries")
+            await asyncio.sleep(max(0.0, tick - (time.monotonic() - started)))
+
+    async def tick(self) -> None:
+        """One pass of the safety net: unchanged directives are skipped without a task being
+        scheduled; the others reconcile with at most TIMER_CONCURRENCY at once."""
+        await self.sweep_expired()
+        if self._timer_slots is None:
+            self._timer_slots = asyncio.Semaphore(TIMER_CONCURRENCY)
+        for key in list(self.directives):
+            state = self._keys.get(key)
+            if state is not None and state.running:
+                state.triggers.add("timer")  # coalesces into the run in progress
+                state.again = True
+                continue
+            if self.quiet(key):
+                metrics.RECONCILES.labels(trigger="timer").inc()
+                continue
+            job = asyncio.get_running_loop().create_task(self._timer_run(key))
+            self._background.add(job)
+            job.add_done_callback(self._background.discard)
+
+    async def _timer_run(self, key: Key) -> None:
+        assert self._timer_slots is not None
+        async with self._timer_slots:
+            await self.trigger(key, "timer")
+
+    async def sweep_expired(self) -> list[Key]:
+        """One query for all directives: tasks whose heartbeat ran out (or deadline passed)
+        wake their directive. Returns the directives woken."""
+        if self.store is None or not hasattr(self.store, "expired_tasks"):
+            return []
+        now = self.clock()
+        limit = min(self.config.heartbeat_timeout_seconds, self.config.daemon_lost_after_seconds)
+        try:
+            candidates = await self.store.expired_tasks(now, limit)
+        except Exception:
+            metrics.STORE_ERRORS.labels(op="sweep").inc()
+            log.warning("could not look for expired tasks; the next tick retries", exc_info=True)
+            return []
+        woken: list[Key] = []
+        for task in candidates:
+            daemon = task.executor == ExecutorKind.DAEMON.value
+            timeout = self.config.daemon_lost_after_seconds if daemon else self.config.heartbeat_timeout_seconds
+            last = task.heartbeat_at or task.started_at or task.created_at
+            overdue = task.deadline_at is not None and now >= task.deadline_at
+            if not overdue and (last is None or (now - last).total_seconds() <= timeout):
+                continue
+            key = (task.namespace, task.directive_name)
+            if key in woken or key not in self.directives:
+                continue
+            self._keys.setdefault(key, _KeyState()).quiet = None
+            woken.append(key)
+            self.trigger_soon(key, "expired")
+        return woken
 
     # ---- wake-ups at known times ------------------------------------------------------------
 
     def _due_times(self, key: Key, tasks: Iterable[Task]) -> list[datetime]:
         """Instants at which decide() may act without any new event: a step's retry backoff
-        ending, a failed planning/completion attempt's retry, an active task's deadline."""
+        ending, a failed planning/completion attempt's retry, an active task's deadline, a
+        pending task's hand-over limit; and a finished directive's TTL."""
         times: list[datetime] = []
+        state = self._keys.get(key)
+        if state is not None and state.expires_at is not None:
+            times.append(state.expires_at)
         for obj in self.steps_of(key):
             at = step_view(obj).status.next_attempt_at
             if at is not None:
@@ -275,6 +475,8 @@ class Controller:
         for t in tasks:
             if t.state.active and t.deadline_at is not None:
                 times.append(t.deadline_at)
+            if t.state is TaskState.PENDING and t.created_at is not None:
+                times.append(t.created_at + timedelta(seconds=self.config.heartbeat_timeout_seconds))
             elif (
                 t.kind in (TaskKind.PLANNING, TaskKind.COMPLETION)
                 # a planning task that succeeded without a usable plan is retried too
@@ -298,18 +500,6 @@ class Controller:
         delay = (min(future) - now).total_seconds() + 0.01
         state.wakeup = asyncio.get_running_loop().call_later(delay, self.trigger_soon, key, "wakeup")
 
-    @staticmethod
-    def _digest(
-        body: dict[str, Any],
-        steps: list[dict[str, Any]],
-        tasks: Iterable[Task],
-        daemons: Iterable[DaemonView] = (),
-    ) -> str:
-        parts = [str(_rv(body)), *sorted(f"{s['metadata']['name']}:{_rv(s)}" for s in steps)]
-        parts += sorted(f"{t.id}:{t.version}" for t in tasks)
-        parts += sorted(f"daemon:{d.id}:{d.in_flight}/{d.capacity}" for d in daemons)
-        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
-
     # ---- applying actions -------------------------------------------------------------------
 
     async def apply(
@@ -320,35 +510,48 @@ class Controller:
         actions: list[Action],
         directive: Directive | None = None,
     ) -> None:
-        """Apply in order. `directive` (the parsed body) is needed only by task-starting actions."""
+        """Apply in order; a plan's steps are created, and a wave's consecutive DispatchSteps
+        launched, concurrently (bounded). `directive` (the parsed body) is needed only by
+        task-starting actions."""
         ns, name = key
         by_name = {s["metadata"].get("labels", {}).get(naming.LABEL_STEP): s for s in steps}
-        for action in actions:
-            if isinstance(action, CreatePlanningTask):
+        i = 0
+        while i < len(actions):
+            action = actions[i]
+            i += 1
+            if isinstance(action, DispatchStep):
+                wave = [action]
+                while i < len(actions) and isinstance(actions[i], DispatchStep):
+                    wave.append(actions[i])  # type: ignore[arg-type]
+                    i += 1
+                assert directive is not None
+                await self._dispatch_wave(key, directive, by_name, wave)
+            elif isinstance(action, CreatePlanningTask):
                 assert directive is not None
                 await self.dispatcher.start_planning(directive, action)
             elif isinstance(action, CreateSteps):
-                for sub in action.steps:
-                    created = await self.kube.create_step(ns, self._step_body(body, sub, action.generation))
-                    if created is not None:
-                        # status is a subresource (ignored on create): write it so that
-                        # `kubectl get dstep` shows Pending and 0 before the step is dispatched
-                        if not created.get("status"):
-                            meta = created["metadata"]
-                            created = await self.kube.patch_status(STEPS, ns, meta["name"], _NEW_STEP_STATUS)
-                        self._remember(created)
+                bodies = [self._step_body(body, sub, action.generation) for sub in action.steps]
+                created = await bounded(
+                    self.create_concurrency,
+                    [lambda b=b: self.kube.create_step(ns, b) for b in bodies],  # type: ignore[misc]
+                )
+                # status is a subresource (ignored on create): write it so that `kubectl get dstep`
+                # shows Pending and 0 before the step is dispatched
+                fresh = [obj for obj in created if obj is not None]
+                written = await bounded(
+                    self.create_concurrency,
+                    [
+                        lambda o=o: self.kube.patch_status(STEPS, ns, o["metadata"]["name"], _NEW_STEP_STATUS)  # type: ignore[misc]
+                        for o in fresh
+                        if not o.get("status")
+                    ],
+                )
+                for obj in [*(o for o in fresh if o.get("status")), *written]:
+                    self._remember(obj)
             elif isinstance(action, PauseDirective):
                 self.observe_directive(await self.kube.patch_directive(ns, name, {"spec": {"paused": True}}))
             elif isinstance(action, MarkStep):
                 await self._patch_step(by_name, action.name, action.status_patch())
-            elif isinstance(action, DispatchStep):
-                step = by_name.get(action.name)
-                if step is None:
-                    continue
-                assert directive is not None
-                task = await self.dispatcher.dispatch_step(directive, step, action)
-                await self._patch_step(by_name, action.name, self.dispatcher.running_patch(action, task, self.clock()))
-                self._observe_handoff(key)
             elif isinstance(action, ExpireTask):
                 await self.dispatcher.expire(action.task_id, action.reason)
             elif isinstance(action, StartCompletion):
@@ -360,9 +563,24 @@ class Controller:
                 if patch:
                     body = await self.kube.patch_status(DIRECTIVES, ns, name, patch)
                     self.observe_directive(body)
-                    self._count_phases()
             elif isinstance(action, EmitEvent):
                 await self.kube.emit_event(body, action.type, action.reason, action.message)
+
+    async def _dispatch_wave(
+        self, key: Key, directive: Directive, by_name: dict[str | None, dict[str, Any]], wave: list[DispatchStep]
+    ) -> None:
+        """Launch each step's task and mark the step Running, up to DISPATCH_CONCURRENCY at once
+        (each step is its own object, so the launches are independent)."""
+
+        async def one(action: DispatchStep) -> None:
+            step = by_name.get(action.name)
+            if step is None:
+                return
+            task = await self.dispatcher.dispatch_step(directive, step, action)
+            await self._patch_step(by_name, action.name, self.dispatcher.running_patch(action, task, self.clock()))
+            self._observe_handoff(key)
+
+        await bounded(self.dispatch_concurrency, [lambda a=a: one(a) for a in wave])  # type: ignore[misc]
 
     def _observe_handoff(self, key: Key) -> None:
         state = self._keys.get(key)
@@ -379,7 +597,8 @@ class Controller:
         by_name[step] = updated
 
     def _remember(self, obj: dict[str, Any]) -> None:
-        self._written[(obj["metadata"]["namespace"], obj["metadata"]["name"])] = obj
+        key = (obj["metadata"]["namespace"], obj["spec"]["directive"])
+        self._written.setdefault(key, {})[obj["metadata"]["name"]] = obj
 
     @staticmethod
     def _step_body(directive: dict[str, Any], sub: Any, generation: int) -> dict[str, Any]:
@@ -413,27 +632,39 @@ class Controller:
             },
         }
 
-    def _count_phases(self) -> None:
-        counts: dict[str, int] = {p.value: 0 for p in DirectivePhase}
-        for obj in self.directives.values():
-            phase = (obj.get("status") or {}).get("phase") or DirectivePhase.PENDING.value
-            counts[phase] = counts.get(phase, 0) + 1
-        for phase, n in counts.items():
-            metrics.DIRECTIVES_BY_PHASE.labels(phase=phase).set(n)
-
-    def _count_steps(self) -> None:
-        """Steps by phase across all directives, from the index (no API calls)."""
-        if self.steps_index is None:
+    def _count_directive(self, key: Key, phase: str | None) -> None:
+        """The directives-by-phase gauge, moved by this one directive's change (None: gone)."""
+        old = self._directive_phase.get(key)
+        if old == phase:
             return
-        self.count_steps(obj for key in list(self.steps_index.keys()) for obj in self.steps_of(key))
+        if old is not None:
+            self._directive_totals[old] -= 1
+        if phase is None:
+            self._directive_phase.pop(key, None)
+        else:
+            self._directive_phase[key] = phase
+            self._directive_totals[phase] += 1
+        for p in {*(p.value for p in DirectivePhase), *self._directive_totals}:
+            metrics.DIRECTIVES_BY_PHASE.labels(phase=p).set(self._directive_totals[p])
 
-    def count_steps(self, all_steps: Iterable[dict[str, Any]]) -> None:
-        counts: dict[str, int] = {p.value: 0 for p in StepPhase}
-        for obj in all_steps:
-            phase = (obj.get("status") or {}).get("phase") or StepPhase.PENDING.value
-            counts[phase] = counts.get(phase, 0) + 1
-        for phase, n in counts.items():
-            metrics.STEPS_BY_PHASE.labels(phase=phase).set(n)
+    def _count_steps_of(self, key: Key, steps: Iterable[Mapping[str, Any]]) -> None:
+        """The steps-by-phase gauge, moved by one directive's steps (O(its steps), not O(all))."""
+        new = Counter(_phase_of(s, StepPhase.PENDING.value) for s in steps)
+        old = self._step_phases.get(key) or Counter()
+        if new == old:
+            return
+        for phase in {*old, *new}:
+            self._step_totals[phase] += new[phase] - old[phase]
+        if new:
+            self._step_phases[key] = new
+        else:
+            self._step_phases.pop(key, None)
+        for p in {*(p.value for p in StepPhase), *self._step_totals}:
+            metrics.STEPS_BY_PHASE.labels(phase=p).set(self._step_totals[p])
+
+    def step_counts(self) -> dict[str, int]:
+        """Steps by phase across every directive held (what the gauge shows)."""
+        return {p: n for p, n in self._step_totals.items() if n}
 
     async def job_finished(self, task_id: str, outcome: str, reason: str) -> None:
         """A Job ended or vanished: its token Secret goes now (the token is dead anyway), and the

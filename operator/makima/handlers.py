@@ -2,13 +2,18 @@
 # (kopf types handler callbacks as full-signature protocols; ours take **kwargs by design.)
 """kopf registration: thin wiring from Kubernetes events to the controller. No logic here.
 
-The reconcile path uses `on.event`, a timer and an index only: none of kopf's
-change-tracking handlers, so kopf writes no progress annotations per change. The one
-change-tracking handler is the deletion finalizer, which needs kopf's retry semantics.
+The reconcile path uses `on.event` and an index only: none of kopf's change-tracking
+handlers, so kopf writes no progress annotations per change. The one change-tracking
+handler is the deletion finalizer, which needs kopf's retry semantics. The safety-net
+timer is one loop of the controller's (started and stopped with kopf), not a kopf timer
+per object: with thousands of directives, a handler invocation per object per tick is
+the cost that dominates when nothing happens.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -52,15 +57,24 @@ def register(registry: kopf.OperatorRegistry, controller: Controller, *, tick: f
         if fast_path:
             await controller.trigger(key, "event")
 
-    @kopf.timer(*DIRECTIVES, id="tick", interval=tick, initial_delay=min(tick, 1.0), registry=registry)
-    async def directive_tick(body: kopf.Body, steps_by_directive: kopf.Index[Any, Any], **_: Any) -> None:
-        _bind(steps_by_directive)
-        key = controller.observe_directive(_plain(body))
-        await controller.trigger(key, "timer")
+    timer: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup(id="start_timer", registry=registry)
+    async def start_timer(**_: Any) -> None:
+        timer.append(asyncio.get_running_loop().create_task(controller.run_timer(tick), name="makima-timer"))
+
+    @kopf.on.cleanup(id="stop_timer", registry=registry)
+    async def stop_timer(**_: Any) -> None:
+        while timer:
+            job = timer.pop()
+            job.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await job
 
     @kopf.on.event(*STEPS, id="step_event", registry=registry)
     async def step_event(type: str | None, body: kopf.Body, steps_by_directive: kopf.Index[Any, Any], **_: Any) -> None:
         _bind(steps_by_directive)
+        controller.step_seen(body, deleted=type == "DELETED")
         if fast_path and type != "DELETED":
             directive = body.get("spec", {}).get("directive")
             if directive:

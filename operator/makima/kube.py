@@ -1,16 +1,23 @@
 """The Kubernetes API gateway: the only module that calls the API.
 
 Every call made here has an RBAC rule in `kube_calls.OPERATOR_RULES` (a test compares
-the chart's Role with that list). The official client is synchronous; calls run in a
-worker thread so the kopf loop never blocks. Creates are create-if-absent (409 means
-"already done"), status patches are merge patches of only what changed.
+the chart's Role with that list). The official client is synchronous; calls run on a
+thread pool of this gateway's own (KUBE_THREADS workers, matched by the client's HTTP
+connection pool) so the kopf loop never blocks and a wave of creates runs side by side
+instead of queueing on asyncio's small default pool. (An asyncio client would remove the
+threads but means a second client stack beside kopf's and rewriting every call and test
+double of this module; a sized pool gets the concurrency with neither.) Creates are
+create-if-absent (409 means "already done"), status patches are merge patches of only
+what changed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -26,6 +33,10 @@ T = TypeVar("T")
 DIRECTIVES = "directives"
 STEPS = "directivesteps"
 DAEMON_TOKEN_SECRET = "makima-daemon-token"
+# Threads for API calls (and HTTP connections to the API server). Each call mostly waits on
+# the network, so this is sized for concurrency, not for cores; but each also holds the GIL
+# while it encodes and decodes, so a much larger pool starves the event loop.
+KUBE_THREADS = int(os.environ.get("MAKIMA_KUBE_THREADS", "16"))
 
 
 class KubeError(RuntimeError):
@@ -38,8 +49,10 @@ class KubeError(RuntimeError):
 def load_config(kubeconfig: str | None = None) -> client.ApiClient:
     """A client from KUBECONFIG / ~/.kube/config, or the in-cluster service account."""
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
+        cfg = client.Configuration()
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        cfg.connection_pool_maxsize = KUBE_THREADS
+        return client.ApiClient(cfg)
     except config.ConfigException:
         return load_kubeconfig(kubeconfig)
 
@@ -48,6 +61,7 @@ def load_kubeconfig(kubeconfig: str | None) -> client.ApiClient:
     """A client from a kubeconfig file only (never the in-cluster account)."""
     cfg = client.Configuration()
     config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    cfg.connection_pool_maxsize = KUBE_THREADS
     return client.ApiClient(cfg)
 
 
@@ -56,17 +70,30 @@ def _now() -> str:
 
 
 class Kube:
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, threads: int = KUBE_THREADS) -> None:
         # The client's typed models are bypassed on purpose: we speak plain dicts (manifests).
         self.api: Any = api
         self.custom: Any = client.CustomObjectsApi(api)
         self.batch: Any = client.BatchV1Api(api)
         self.core: Any = client.CoreV1Api(api)
+        self.threads = threads
+        self._pool: ThreadPoolExecutor | None = None  # made on first use (no threads for tools)
+
+    def _run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="kube")
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    def close(self) -> None:
+        """Let the worker threads go (calls in flight finish first)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
 
     async def reachable(self, timeout: float = 3.0) -> bool:
         """GET /version (open to every authenticated client; no RBAC rule needed): for /readyz."""
         try:
-            await asyncio.to_thread(lambda: client.VersionApi(self.api).get_code(_request_timeout=timeout))
+            await self._run(lambda: client.VersionApi(self.api).get_code(_request_timeout=timeout))
         except Exception:  # any failure means "not reachable now"; the probe says so
             return False
         return True
@@ -74,7 +101,7 @@ class Kube:
     async def _call(self, verb: str, resource: str, fn: Callable[[], T]) -> T:
         metrics.API_CALLS.labels(verb=verb, resource=resource).inc()
         try:
-            return await asyncio.to_thread(fn)
+            return await self._run(fn)
         except ApiException as exc:
             raise KubeError(exc.status or 0, str(exc.reason)) from exc
 
@@ -104,6 +131,14 @@ class Kube:
             ),
         )
         return obj
+
+    async def delete_directive(self, namespace: str, name: str) -> None:
+        """Delete a directive (a finished one past its TTL); its steps go by owner reference."""
+        body = client.V1DeleteOptions(propagation_policy="Background")
+        await self._delete(
+            DIRECTIVES,
+            lambda: self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES, name, body=body),
+        )
 
     async def patch_directive(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         obj: dict[str, Any] = await self._call(

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 OPERATOR_RULES: list[tuple[str, str, tuple[str, ...]]] = [
     # kopf lists and watches our resources; the operator patches directives (kopf's finalizer,
-    # and spec.paused when planning fails), creates steps, and patches both status subresources
-    ("makima.dev", "directives", ("list", "watch", "patch")),
+    # and spec.paused when planning fails), deletes finished ones past spec.ttlSecondsAfterFinished,
+    # creates steps, and patches both status subresources
+    ("makima.dev", "directives", ("list", "watch", "patch", "delete")),
     ("makima.dev", "directives/status", ("patch",)),
     ("makima.dev", "directivesteps", ("list", "watch", "create")),
     ("makima.dev", "directivesteps/status", ("patch",)),

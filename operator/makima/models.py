@@ -26,6 +26,7 @@ MAX_TASK_PLAN = 20_000
 MAX_STEPS_PER_DIRECTIVE = 200
 MAX_DEPENDS_ON = 32
 MAX_ORDER_INDEX = 10_000
+MAX_TTL_SECONDS = 366 * 86400
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 _DNS1123 = re.compile(DNS1123_LABEL)
@@ -218,6 +219,15 @@ class DirectiveSpec(Wire):
     execution: Execution = Field(default_factory=Execution, description="Routing, parallelism, timeouts, retries.")
     paused: bool = Field(default=False, description="Stop dispatching new tasks; running ones finish.")
     pull_request: PullRequest = Field(default_factory=PullRequest, description="Pull request settings.")
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        le=MAX_TTL_SECONDS,
+        description=(
+            "Delete the directive (and its steps) this many seconds after it reached Completed or Failed; "
+            "unset keeps it. Like a Job's ttlSecondsAfterFinished."
+        ),
+    )
 
     @field_validator("goal")
     @classmethod

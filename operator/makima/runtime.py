@@ -2,34 +2,44 @@
 
 `run_operator` is what `makima operator` runs; tests and the quickstart call it in-process
 with a stop flag. Nothing here decides anything: it builds the parts and connects them.
+
+Importing this module is cheap: kopf, the Kubernetes client, aiohttp and the rest load
+when an operator is built, and each start-up phase logs how long it took (imports, store,
+Kubernetes client, API, kopf's watches).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import kopf
-from aiohttp import web
-
-from . import dag, metrics
-from .api import ApiDeps, build_app
 from .config import OperatorSettings
-from .controller import Controller, step_view
-from .dispatch import AgentDefaults, TaskDispatcher
-from .executors.daemons import DaemonHub, DaemonSettings
-from .executors.jobs import JobDefaults, JobExecutor
-from .handlers import configure, register
-from .kube import Kube, load_config
-from .protocol import Problem, StepSubmission
-from .reconcile import ReconcileConfig
-from .store import TaskStore, open_store
-from .tasks import Task
+
+if TYPE_CHECKING:
+    from .controller import Controller
+    from .executors.daemons import DaemonHub
+    from .kube import Kube
+    from .protocol import Problem, StepSubmission
+    from .store import TaskStore
+    from .tasks import Task
 
 log = logging.getLogger(__name__)
+
+
+class _Phases:
+    """Logs each start-up phase with its own and the total time."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+
+    def done(self, what: str, *args: Any) -> None:
+        now = time.perf_counter()
+        log.info("start-up: " + what + " in %.2f s (%.2f s since start)", *args, now - self.last, now - self.start)
+        self.last = now
 
 
 @dataclass
@@ -49,10 +59,29 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
-async def build(settings: OperatorSettings, stack: AsyncExitStack, kubeconfig: str | None = None) -> Operator:
+async def build(
+    settings: OperatorSettings, stack: AsyncExitStack, kubeconfig: str | None = None, phases: _Phases | None = None
+) -> Operator:
+    phases = phases or _Phases()
+    from aiohttp import web
+
+    from . import dag, metrics
+    from .api import ApiDeps, build_app
+    from .controller import Controller, step_view
+    from .dispatch import AgentDefaults, TaskDispatcher
+    from .executors.daemons import DaemonHub, DaemonSettings
+    from .executors.jobs import JobDefaults, JobExecutor
+    from .kube import Kube, load_config
+    from .reconcile import ReconcileConfig
+    from .store import open_store
+
+    phases.done("imported the operator's modules")
     store = await open_store(settings)
     stack.push_async_callback(store.close)
+    phases.done("store ready (pool open, migrations applied)")
     kube = Kube(load_config(kubeconfig))
+    stack.callback(kube.close)
+    phases.done("Kubernetes client configured for %s", kube.api.configuration.host)
     hub = DaemonHub(
         store,
         DaemonSettings(
@@ -120,6 +149,7 @@ async def build(settings: OperatorSettings, stack: AsyncExitStack, kubeconfig: s
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port
     log.info("operator API listening on %s:%s", host, bound)
+    phases.done("API listening on %s:%s", host, bound)
     return Operator(settings, store, kube, controller, hub, f"http://127.0.0.1:{bound}")
 
 
@@ -132,10 +162,15 @@ async def run_operator(
     on_built: Any = None,
 ) -> None:
     """Run until `stop_flag` is set (or forever). `on_built(operator)` sees the parts."""
+    phases = _Phases()
     async with AsyncExitStack() as stack:
-        op = await build(settings, stack, kubeconfig)
+        op = await build(settings, stack, kubeconfig, phases)
         if on_built is not None:
             on_built(op)
+        import kopf
+
+        from .handlers import configure, register
+
         registry = kopf.OperatorRegistry()
         register(registry, op.controller, tick=settings.tick_seconds, fast_path=not settings.poll_only)
 
@@ -143,13 +178,26 @@ async def run_operator(
         def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
             configure(settings, peering=op.settings.peering)
 
+        kopf_ready = asyncio.Event()
+
+        async def announce() -> None:
+            await kopf_ready.wait()
+            phases.done("kopf ready, watching (%d directives seen so far)", len(op.controller.directives))
+            if ready_flag is not None:
+                ready_flag.set()
+
+        announcer = asyncio.create_task(announce())
         namespaces = list(settings.namespaces)
-        await kopf.operator(
-            registry=registry,
-            clusterwide=not namespaces,
-            namespaces=namespaces,
-            standalone=settings.peering is None,
-            peering_name=settings.peering,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-        )
+        phases.done("kopf registry built; starting its watches")
+        try:
+            await kopf.operator(
+                registry=registry,
+                clusterwide=not namespaces,
+                namespaces=namespaces,
+                standalone=settings.peering is None,
+                peering_name=settings.peering,
+                stop_flag=stop_flag,
+                ready_flag=kopf_ready,
+            )
+        finally:
+            announcer.cancel()

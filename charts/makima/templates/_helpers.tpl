@@ -117,7 +117,7 @@ watching listed namespaces, the ClusterKopfPeering when watching all.
 {{- define "makima.rules.namespaced" -}}
 - apiGroups: ["makima.dev"]
   resources: ["directives"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["list", "watch", "patch", "delete"]
 - apiGroups: ["makima.dev"]
   resources: ["directives/status"]
   verbs: ["patch"]

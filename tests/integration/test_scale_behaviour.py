@@ -1,0 +1,93 @@
+"""Behaviour that keeps one operator cheap as it holds many directives, on the real operator:
+a finished directive goes after `spec.ttlSecondsAfterFinished`, and a directive whose step is
+running costs the safety-net timer no SQL query and no Kubernetes call."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from makima import metrics
+
+from .conftest import Api, OperatorFactory, scripted
+
+
+def api_calls() -> float:
+    total = 0.0
+    for family in metrics.REGISTRY.collect():
+        if family.name == "makima_kube_api_calls":
+            total += sum(s.value for s in family.samples if s.name.endswith("_total"))
+    return total
+
+
+async def _gone(api: Api, name: str, timeout: float) -> bool:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        data = await api.request("GET", f"/apis/makima.dev/v1alpha1/namespaces/{api.namespace}/directives")
+        if name not in {i["metadata"]["name"] for i in data["items"]}:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_a_finished_directive_is_deleted_after_its_ttl(
+    api: Api, start_operator: OperatorFactory, origin: Path
+) -> None:
+    op = await start_operator()
+    script = {"plan": [{"name": "a", "title": "A"}], "steps": {"a": {"files": {"a.txt": "a\n"}}}}
+    kept = scripted("kept", origin, script)
+    await api.apply_directive(scripted("short-lived", origin, script, ttlSecondsAfterFinished=2))
+    await api.apply_directive(kept)
+    done = await api.wait_for(
+        "short-lived", lambda d: (d.get("status") or {}).get("phase") == "Completed", timeout=90, what="Completed"
+    )
+    assert done["spec"]["ttlSecondsAfterFinished"] == 2
+    await api.wait_for("kept", lambda d: (d.get("status") or {}).get("phase") == "Completed", timeout=90)
+    assert await _gone(api, "short-lived", timeout=60), "the directive outlived its TTL"
+    assert await api.steps("short-lived") == {}  # its steps went with it (owner references)
+    # Without a TTL a finished directive stays; the operator forgot the deleted one.
+    assert (await api.directive("kept"))["status"]["phase"] == "Completed"
+    assert ("default", "short-lived") not in op.controller.directives
+
+
+async def test_a_running_step_costs_the_timer_nothing(api: Api, start_operator: OperatorFactory, origin: Path) -> None:
+    op = await start_operator()
+    script = {
+        "plan": [{"name": "slow", "title": "Slow"}],
+        "steps": {"slow": {"sleep": 30, "files": {"slow.txt": "slow\n"}}},
+    }
+    await api.apply_directive(scripted("busy", origin, script))
+    await api.wait_for(
+        "busy",
+        lambda d: (d.get("status") or {}).get("steps", {}).get("running") == 1,
+        timeout=90,
+        what="its step running",
+    )
+    key = ("default", "busy")
+    # Let the step's own Running report (runner -> API -> reconcile) land first.
+    deadline = asyncio.get_running_loop().time() + 30
+    tasks: list[Any] = []
+    while asyncio.get_running_loop().time() < deadline:
+        tasks = await op.store.tasks_for_directive((await api.directive("busy"))["metadata"]["uid"])
+        if any(t.step_name == "slow" and t.state.value == "running" for t in tasks):
+            break
+        await asyncio.sleep(0.1)
+    assert any(t.step_name == "slow" and t.state.value == "running" for t in tasks)
+    await op.controller.trigger(key, "event")  # a full look: nothing to do while the step runs
+    queries: list[str] = []
+    real_query = op.store.tasks_for_directive
+
+    async def counting_query(uid: str) -> Any:
+        queries.append(uid)
+        return await real_query(uid)
+
+    before = api_calls()
+    op.store.tasks_for_directive = counting_query  # type: ignore[method-assign]
+    try:
+        for _ in range(3):
+            await op.controller.trigger(key, "timer")
+    finally:
+        op.store.tasks_for_directive = real_query  # type: ignore[method-assign]
+    assert queries == []
+    assert api_calls() == before
