@@ -20,7 +20,7 @@ async def test_example_directive_completes_with_a_pull_request(
     await start_operator()
     await api.apply_directive(example_directive(origin))
     done = await api.wait_for(
-        "greeter", lambda d: d.get("status", {}).get("phase") in ("Completed", "Failed", "Paused"), timeout=120
+        "greeter", lambda d: d.get("status", {}).get("phase") in ("Completed", "Failed", "Paused")
     )
     assert done["status"]["phase"] == "Completed", done["status"]
     assert done["status"]["progress"] == "6/6"
@@ -72,7 +72,7 @@ async def test_example_directive_completes_with_a_pull_request(
     async def all_gone() -> bool:
         return not (await api.steps("greeter")) and not (await api.jobs()) and not (await api.pods())
 
-    await api.eventually(all_gone, "steps, Jobs and pods garbage-collected", timeout=120)
+    await api.eventually(all_gone, "steps, Jobs and pods garbage-collected")
 
 
 def assert_calls_have_rbac_rules() -> None:

@@ -18,7 +18,7 @@ import pytest
 from makima.runtime import Operator
 from makima.tasks import Task, TaskKind, TaskState
 
-from .conftest import Api, OperatorFactory, git, scripted
+from .conftest import LOADED, Api, OperatorFactory, git, scripted
 
 # Every scenario on the sandbox and on the real control plane (see conftest.cluster).
 pytestmark = pytest.mark.parametrize("cluster", ["sandbox", "real"], indirect=True)
@@ -67,7 +67,7 @@ def show(origin: Path, ref: str, path: str) -> str:
     return git("-C", str(origin), "show", f"{ref}:{path}")
 
 
-async def wait_step(api: Api, directive: str, step: str, want: str, timeout: float = 30) -> dict[str, Any]:
+async def wait_step(api: Api, directive: str, step: str, want: str, timeout: float = LOADED) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
         got = (await api.steps(directive)).get(step)
@@ -81,7 +81,7 @@ async def test_single_step(api: Api, start_operator: OperatorFactory, origin: Pa
     op = await start_operator()
     script = {"plan": [{"name": "only", "title": "The only step"}], "steps": {"only": {"files": {"a.txt": "a\n"}}}}
     await api.apply_directive(scripted("single", origin, script))
-    done = await api.wait_for("single", finished, timeout=60)
+    done = await api.wait_for("single", finished)
     assert phase(done) == "Completed", done["status"]
     assert done["status"]["progress"] == "1/1"
     assert condition(done, "Ready")["status"] == "True"
@@ -108,7 +108,7 @@ async def test_chain_second_step_sees_the_first(api: Api, start_operator: Operat
         },
     }
     await api.apply_directive(scripted("chain", origin, script))
-    done = await api.wait_for("chain", finished, timeout=60)
+    done = await api.wait_for("chain", finished)
     assert phase(done) == "Completed", done["status"]
     tasks = await tasks_of(op, done)
     one, two = only(tasks, "one"), only(tasks, "two")
@@ -139,7 +139,7 @@ async def test_diamond_continues_from_first_dependency_and_merges_the_other(
         },
     }
     await api.apply_directive(scripted("diamond", origin, script))
-    done = await api.wait_for("diamond", finished, timeout=60)
+    done = await api.wait_for("diamond", finished)
     assert phase(done) == "Completed", done["status"]
     assert done["status"]["progress"] == "4/4"
     tasks = await tasks_of(op, done)
@@ -191,7 +191,7 @@ async def test_order_index_phases_run_in_order_with_parallel_steps(
         },
     }
     await api.apply_directive(scripted("phases", origin, script))
-    done = await api.wait_for("phases", finished, timeout=60)
+    done = await api.wait_for("phases", finished)
     assert phase(done) == "Completed", done["status"]
     tasks = await tasks_of(op, done)
     p1, p2, q = only(tasks, "p1"), only(tasks, "p2"), only(tasks, "q")
@@ -241,7 +241,7 @@ async def test_failing_step_is_retried_then_fails_and_dependants_are_skipped(
         },
     }
     await api.apply_directive(scripted("failing", origin, script, execution={"retries": 1}))
-    done = await api.wait_for("failing", finished, timeout=60)
+    done = await api.wait_for("failing", finished)
     assert phase(done) == "Failed", done["status"]
     assert condition(done, "Failed")["status"] == "True"
     steps = await api.steps("failing")
@@ -272,7 +272,7 @@ async def test_pause_stops_dispatch_and_resume_completes(
     await api.apply_directive(scripted("pausing", origin, script))
     await wait_step(api, "pausing", "first", "Running")
     await api.patch_directive("pausing", {"spec": {"paused": True}})
-    paused = await api.wait_for("pausing", lambda d: phase(d) == "Paused", timeout=10)
+    paused = await api.wait_for("pausing", lambda d: phase(d) == "Paused")
     assert condition(paused, "Progressing")["status"] == "False"
     # The running step finishes; nothing new starts while paused.
     await wait_step(api, "pausing", "first", "Succeeded")
@@ -284,7 +284,7 @@ async def test_pause_stops_dispatch_and_resume_completes(
     assert step_tasks(await tasks_of(op, d), "second") == []
 
     await api.patch_directive("pausing", {"spec": {"paused": False}})
-    done = await api.wait_for("pausing", lambda d: phase(d) in ("Completed", "Failed"), timeout=30)
+    done = await api.wait_for("pausing", lambda d: phase(d) in ("Completed", "Failed"))
     assert phase(done) == "Completed", done["status"]
     tasks = await tasks_of(op, done)
     assert only(tasks, "first").attempt == 1 and only(tasks, "second").attempt == 1
@@ -303,7 +303,7 @@ async def test_goal_edit_replans_on_top_of_finished_steps(
         },
     }
     await api.apply_directive(scripted("replan", origin, script))
-    first = await api.wait_for("replan", finished, timeout=60)
+    first = await api.wait_for("replan", finished)
     assert phase(first) == "Completed", first["status"]
     base_before = (await api.steps("replan"))["base"]["status"]
 
@@ -311,7 +311,6 @@ async def test_goal_edit_replans_on_top_of_finished_steps(
     done = await api.wait_for(
         "replan",
         lambda d: d["status"].get("planGeneration") == 2 and finished(d) and d["status"].get("progress") == "2/2",
-        timeout=60,
     )
     assert phase(done) == "Completed", done["status"]
     steps = await api.steps("replan")
@@ -338,7 +337,7 @@ async def test_invalid_plan_pauses_with_the_error_and_creates_no_steps(
     op = await start_operator()
     script = {"plan": [{"name": "a", "title": "A", "dependsOn": ["ghost"]}, {"name": "b", "title": "B"}]}
     await api.apply_directive(scripted("badplan", origin, script))
-    paused = await api.wait_for("badplan", finished, timeout=60)
+    paused = await api.wait_for("badplan", finished)
     assert phase(paused) == "Paused", paused["status"]
     assert paused["spec"]["paused"] is True
     planning = condition(paused, "Planning")
@@ -403,7 +402,7 @@ async def test_operator_restarted_mid_run_runs_each_step_once(
     second = await start_operator(api_listen=listen, api_url=f"http://{listen}")
     assert second.controller is not first.controller
 
-    done = await api.wait_for("restart", finished, timeout=60)
+    done = await api.wait_for("restart", finished)
     assert phase(done) == "Completed", done["status"]
     steps = await api.steps("restart")
     assert {s["status"]["attempts"] for s in steps.values()} == {1}
