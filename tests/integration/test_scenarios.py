@@ -276,8 +276,8 @@ async def test_pause_stops_dispatch_and_resume_completes(
     assert condition(paused, "Progressing")["status"] == "False"
     # The running step finishes; nothing new starts while paused.
     await wait_step(api, "pausing", "first", "Succeeded")
-    await asyncio.sleep(1.0)
-    d = await api.directive("pausing")
+    # The reconcile that counted the success (progress 1/2) is the one that would have dispatched.
+    d = await api.wait_for("pausing", lambda d: (d.get("status") or {}).get("progress") == "1/2")
     assert phase(d) == "Paused"
     steps = await api.steps("pausing")
     assert steps["second"]["status"]["phase"] in ("Pending", "Ready")
@@ -349,8 +349,8 @@ async def test_invalid_plan_pauses_with_the_error_and_creates_no_steps(
         (TaskKind.PLANNING, 1, TaskState.FAILED),
         (TaskKind.PLANNING, 2, TaskState.FAILED),
     ]
-    # It stays that way: no third attempt, no steps.
-    await asyncio.sleep(0.5)
+    # It stays that way once the operator has seen its own pause: no third attempt, no steps.
+    await api.wait_for("badplan", lambda d: d["status"].get("observedGeneration") == d["metadata"]["generation"])
     assert len(await tasks_of(op, paused)) == 2 and await api.steps("badplan") == {}
 
 
