@@ -7,6 +7,7 @@ repository; the others inject a runner callable to control timing.
 from __future__ import annotations
 
 import asyncio
+import uuid
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -230,3 +231,32 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert 0.25 <= delays[0] <= 0.5
     assert all(15.0 <= d <= 30.0 for d in delays[8:])
     assert len(set(delays)) == len(delays)
+
+
+async def test_cancelling_a_daemon_task_ends_the_agent_and_everything_it_started(
+    api: Api, tmp_path: Path, bare_repo: Path
+) -> None:
+    """Issue 17 item 3: the real runner on a daemon; the agent starts children in its own
+    group, in a new session (setsid) and as a sub-shell orphan, all carrying a random mark.
+    After the operator cancels the task none of them may be left (looked up in /proc)."""
+    from tests.runner.test_process_tree import TREE, marked
+
+    mark = uuid.uuid4().hex
+    async with running_daemon(api, tmp_path) as daemon:
+        daemon_id = await connected(daemon)
+        task, token = await make_task(api.store, executor_ref=daemon_id, branch="makima/demo/tree")
+        spec = spec_of(task, command=["sh", "-c", TREE], repo_url=str(bare_repo))
+        spec = spec.model_copy(update={"agent": spec.agent.model_copy(update={"env": {"TEST_MARK": mark}})})
+        assert await api.hub.spawn(daemon_id, spec, token)
+
+        async def started() -> bool:
+            return len(marked(mark)) >= 5
+
+        await until(started, timeout=60)
+        assert await api.hub.cancel(daemon_id, task.id)
+        await until(lambda: _no_tasks(daemon), timeout=60)
+
+        async def none_left() -> bool:
+            return not marked(mark)
+
+        await until(none_left, timeout=60)

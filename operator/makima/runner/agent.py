@@ -304,7 +304,7 @@ async def run_agent(
     timed_out = False
     try:
         try:
-            await asyncio.wait_for(proc.wait(), timeout=settings.timeout_seconds)
+            await asyncio.wait_for(_exited(proc), timeout=settings.timeout_seconds)
         except TimeoutError:
             timed_out = True
         # The agent is done (or out of time): nothing it started may outlive it — background
@@ -343,10 +343,17 @@ async def run_agent(
     return outcome
 
 
+async def _exited(proc: asyncio.subprocess.Process, poll: float = 0.05) -> None:
+    """Until the agent process itself has exited. Not `proc.wait()`: that also waits for its
+    pipes to close, which a background child holding them would put off indefinitely."""
+    while proc.returncode is None:
+        await asyncio.sleep(poll)
+
+
 async def _end(proc: asyncio.subprocess.Process, marker: str) -> None:
     """End the agent's whole process tree: SIGTERM, a grace period, then SIGKILL."""
     root = proc.pid if proc.returncode is None else None
     await proctree.end_tree(proc.pid, root, marker, grace=KILL_GRACE_SECONDS)
     if proc.returncode is None:
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(proc.wait(), timeout=KILL_GRACE_SECONDS)
+            await asyncio.wait_for(_exited(proc), timeout=KILL_GRACE_SECONDS)

@@ -217,6 +217,23 @@ def _reap(pids: Iterable[int]) -> None:
                 os.waitpid(pid, os.WNOHANG)
 
 
+async def end_marked(name: str, value: str, *, grace: float = 2.0, kill_deadline: float = 10.0) -> set[int]:
+    """End every process whose environment holds `name=value` (e.g. all processes of a sandbox
+    pod, as a container runtime ends a pod's PID namespace). Returns survivors (normally none)."""
+    found = with_marker(name, value)
+    _signal(found, signal.SIGTERM)
+    end = time.monotonic() + grace
+    while found and time.monotonic() < end:
+        await asyncio.sleep(0.05)
+        found = {pid for pid in with_marker(name, value) if alive(pid)}
+    end = time.monotonic() + kill_deadline
+    while found and time.monotonic() < end:
+        _signal(found, signal.SIGKILL)
+        await asyncio.sleep(0.05)
+        found = {pid for pid in with_marker(name, value) if alive(pid)}
+    return found
+
+
 async def end_tree(
     pgid: int | None,
     root: int | None,
