@@ -7,8 +7,8 @@ repository; the others inject a runner callable to control timing.
 from __future__ import annotations
 
 import asyncio
-import uuid
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path

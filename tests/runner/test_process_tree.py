@@ -51,6 +51,18 @@ def marked(mark: str) -> set[int]:
     return found
 
 
+def describe(pids: set[int]) -> str:
+    out = []
+    for pid in sorted(pids):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            out.append(f"{pid} [{stat[stat.rfind(')') + 2 :].split()[:3]}] {cmd}")
+        except OSError:
+            out.append(f"{pid} (gone)")
+    return "; ".join(out)
+
+
 async def wait_for(predicate, seconds: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -78,14 +90,14 @@ async def test_cancelling_the_agent_ends_its_whole_tree(tmp_path: Path, reporter
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run
-    assert await wait_for(lambda: not marked(mark)), f"survivors: {marked(mark)}"
+    assert await wait_for(lambda: not marked(mark)), f"survivors: {describe(marked(mark))}"
 
 
 async def test_what_an_agent_leaves_behind_ends_with_it(tmp_path: Path, reporter: RecordingReporter) -> None:
     mark = uuid.uuid4().hex
     outcome = await asyncio.wait_for(run_agent(_agent(LEAVER, mark), tmp_path, "", _context(), reporter), 120)
     assert outcome.ok, outcome.describe()
-    assert await wait_for(lambda: not marked(mark)), f"survivors: {marked(mark)}"
+    assert await wait_for(lambda: not marked(mark)), f"survivors: {describe(marked(mark))}"
 
 
 async def test_timed_out_agent_ends_with_its_tree(tmp_path: Path, reporter: RecordingReporter) -> None:
@@ -93,7 +105,7 @@ async def test_timed_out_agent_ends_with_its_tree(tmp_path: Path, reporter: Reco
     settings = _agent(TREE, mark, timeout=1)
     outcome = await asyncio.wait_for(run_agent(settings, tmp_path, "", _context(), reporter), 120)
     assert outcome.timed_out
-    assert await wait_for(lambda: not marked(mark)), f"survivors: {marked(mark)}"
+    assert await wait_for(lambda: not marked(mark)), f"survivors: {describe(marked(mark))}"
 
 
 async def test_sigterm_to_task_run_ends_the_agent_tree(remote: Path, tmp_path: Path, fake_api: FakeOperatorApi) -> None:
@@ -120,5 +132,5 @@ async def test_sigterm_to_task_run_ends_the_agent_tree(remote: Path, tmp_path: P
         if proc.returncode is None:
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, output.decode(errors="replace")
-    assert await wait_for(lambda: not marked(mark)), f"survivors: {marked(mark)}"
+    assert await wait_for(lambda: not marked(mark)), f"survivors: {describe(marked(mark))}"
     assert spec.task_id not in fake_api.results or fake_api.results[spec.task_id].outcome != Outcome.SUCCEEDED

@@ -346,7 +346,7 @@ async def run_agent(
 async def _exited(proc: asyncio.subprocess.Process, poll: float = 0.05) -> None:
     """Until the agent process itself has exited. Not `proc.wait()`: that also waits for its
     pipes to close, which a background child holding them would put off indefinitely."""
-    while proc.returncode is None:
+    while proc.returncode is None:  # noqa: ASYNC110 - asyncio offers no event for the exit alone
         await asyncio.sleep(poll)
 
 
