@@ -147,7 +147,9 @@ class GatedRunner:
             except asyncio.CancelledError:
                 self.cancelled.append(spec.task_id)
                 raise
-            await client.post_result(TaskResult(outcome=Outcome.SUCCEEDED, branch="b", commit="c"))
+            await client.post_result(
+                TaskResult(outcome=Outcome.SUCCEEDED, branch=spec.workspace.branch, commit="c" * 40)
+            )
 
 
 async def test_daemon_cancels_a_task_when_the_operator_asks(api: Api, tmp_path: Path) -> None:
