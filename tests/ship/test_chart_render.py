@@ -286,3 +286,18 @@ def test_daemon_cli_accepts_the_rendered_arguments() -> None:
     # --help is eager but runs after parsing, so an unknown option still fails (exit 2)
     result = CliRunner().invoke(daemon_app, [*args[1:], "--help"])
     assert result.exit_code == 0, result.output
+
+
+def test_bundled_postgresql_is_reachable_from_the_operator_only() -> None:
+    """Issue 15 item 6: the bundled database gets a NetworkPolicy admitting the operator's pods
+    on 5432 and nothing else."""
+    docs = render({"postgresql": {"bundled": {"enabled": True}}})
+    (policy,) = [d for d in of_kind(docs, "NetworkPolicy") if d["metadata"]["name"].endswith("postgresql")]
+    (pg,) = of_kind(docs, "StatefulSet")
+    (operator,) = of_kind(docs, "Deployment")
+    assert policy["spec"]["podSelector"]["matchLabels"] == pg["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": operator["spec"]["selector"]["matchLabels"]}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5432}]
+    assert not [d for d in of_kind(render({}), "NetworkPolicy")]
