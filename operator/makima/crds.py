@@ -116,7 +116,12 @@ def _crd(
     status: type[BaseModel],
     columns: list[dict[str, Any]],
     description: str,
+    max_name_length: int | None = None,
 ) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"type": "object"}
+    if max_name_length is not None:
+        # The only metadata restriction a CRD may make (besides generateName).
+        metadata["properties"] = {"name": {"type": "string", "maxLength": max_name_length}}
     status_schema = _list_maps(openapi_schema(status))
     # The operator owns status; defaults there would make the server write it on create.
     _strip_defaults(status_schema)
@@ -153,8 +158,9 @@ def _crd(
                             "properties": {
                                 "apiVersion": {"type": "string", "description": _API_VERSION_TEXT},
                                 "kind": {"type": "string", "description": _KIND_TEXT},
-                                # the API server refuses anything else here (it documents ObjectMeta itself)
-                                "metadata": {"type": "object"},
+                                # the API server refuses anything else here (it documents ObjectMeta
+                                # itself) but a restriction of metadata.name / generateName
+                                "metadata": metadata,
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },
@@ -203,6 +209,8 @@ def directive_crd() -> dict[str, Any]:
             {"name": "Completed", "type": "date", "jsonPath": ".status.completedAt", "priority": 1},
         ],
         "A goal plus a git repository; makima plans it into steps and opens a pull request.",
+        # The name becomes label values (at most 63 characters): refuse longer ones at the door.
+        max_name_length=63,
     )
 
 

@@ -3,7 +3,9 @@
     makima daemon run --api-url URL --namespace NS [--name N] [--label k=v]... [--capacity N]
     makima daemon token create --namespace NS [--kubeconfig PATH]
 
-The daemon token comes from `MAKIMA_DAEMON_TOKEN`, never from a flag (flags show in `ps`).
+The daemon token comes from `MAKIMA_DAEMON_TOKEN`, never from a flag (flags show in `ps`) nor a
+mounted file (agents run as the same user); the daemon removes it from its environment and
+makes itself non-dumpable at start.
 """
 
 from __future__ import annotations
@@ -59,10 +61,17 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Connect to the operator and run the tasks it sends, reconnecting forever."""
-    token = os.environ.get(ENV_DAEMON_TOKEN)
+    from .runner.proctree import harden_runner
+
+    # From the environment, not a mounted file: a file would stay readable to the agents (same
+    # UID); the environment is hidden once the process is non-dumpable (just below).
+    token = os.environ.pop(ENV_DAEMON_TOKEN, None)
     if not token:
         typer.echo(f"error: {ENV_DAEMON_TOKEN} is not set (the namespace's daemon token)", err=True)
         raise typer.Exit(2)
+    # The daemon holds its token and the git credentials pushed with each task, and runs agents
+    # as the same user: make its memory and initial environment unreadable to them.
+    harden_runner()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

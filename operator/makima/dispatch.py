@@ -15,6 +15,7 @@ from typing import Any
 
 from . import metrics, naming
 from .executors.jobs import JobExecutor
+from .kube import KubeError
 from .models import Directive, parse_duration
 from .protocol import AgentSettings, CompletionPlan, TaskSpec, WorkspacePlan
 from .reconcile import CreatePlanningTask, DispatchStep, Route, StartCompletion
@@ -136,11 +137,24 @@ class TaskDispatcher:
         )
         route = route or Route(kind="job", daemon_id=None)
         if route.kind == "daemon" and route.daemon_id and self.hub is not None:
-            creds = await self._credentials(directive)
-            wire = spec.model_copy(update={"credentials": creds}) if creds else spec
-            if await self.hub.spawn(route.daemon_id, wire, token):
-                return await self._dispatched(row, "daemon", route.daemon_id)
-            log.info("daemon %s refused task %s; falling back to a Job", route.daemon_id, row.id)
+            try:
+                creds = await self._credentials(directive)
+            except KubeError as exc:
+                if exc.status != 403:
+                    raise
+                # The chart grants `get` on any Secret only with rbac.daemonRepositoryCredentials:
+                # without it, a Job (whose pod references the Secret) runs the task instead.
+                log.warning(
+                    "task %s: may not read Secret %s to hand it to a daemon (rbac.daemonRepositoryCredentials "
+                    "is off); running it on a Job",
+                    row.id,
+                    directive.spec.repository.credentials_secret,
+                )
+            else:
+                wire = spec.model_copy(update={"credentials": creds}) if creds else spec
+                if await self.hub.spawn(route.daemon_id, wire, token):
+                    return await self._dispatched(row, "daemon", route.daemon_id)
+                log.info("daemon %s refused task %s; falling back to a Job", route.daemon_id, row.id)
         job_owner = owner or self._directive_obj(directive)
         if not created:
             # A pending row from before a crash may have a Secret with the old token: replace it.

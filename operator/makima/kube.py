@@ -234,8 +234,13 @@ USER_RULES: list[tuple[str, str, tuple[str, ...]]] = [
     # get, describe; pause/resume patch spec.paused; `makima demo --cluster` replaces the example
     ("makima.dev", "directives", ("get", "list", "patch", "create", "delete")),
     ("makima.dev", "directivesteps", ("get", "list")),
-    ("makima.dev", "directivesteps/status", ("patch",)),  # retry
     ("", "events", ("list",)),  # describe
+]
+# `makima retry` writes a step's status (Failed/Skipped -> Pending). Status is the operator's
+# record: whoever may write it can also forge a step Succeeded, so this is for namespace admins
+# only (aggregated into `admin`, not `edit`).
+ADMIN_USER_RULES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("makima.dev", "directivesteps/status", ("patch",)),
 ]
 # Cluster-scoped, so not part of the chart's aggregated user role: `makima demo --cluster`
 # checks that the CRDs are installed (cluster admins and developers have it anyway).

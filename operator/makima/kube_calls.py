@@ -1,8 +1,9 @@
 """Every Kubernetes API call the operator makes, as RBAC rules.
 
 Kept beside `kube.py` (the only module that calls the API). The chart's Role is
-compared with this list by a test, so a new call without a rule fails CI.
-Each entry: (apiGroup, resource, verbs).
+compared with these lists by a test (tests/ship/test_rbac.py), so a new call without a rule
+fails CI, and so does a rule no call needs.
+Each entry: (apiGroup, resource, verbs); `NAMED_RULES` entries also carry resourceNames.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ OPERATOR_RULES: list[tuple[str, str, tuple[str, ...]]] = [
     ("makima.dev", "directives/status", ("patch",)),
     ("makima.dev", "directivesteps", ("list", "watch", "create")),
     ("makima.dev", "directivesteps/status", ("patch",)),
-    # Job executor: one Job and one token Secret per task; kopf watches the Jobs; a daemon's
-    # token and a directive's repository credentials are read from Secrets
+    # Job executor: one Job and one token Secret per task (created, deleted when the task ends);
+    # kopf watches the Jobs. No `get`/`list` on Secrets here: see NAMED_RULES and
+    # DAEMON_CREDENTIALS_RULES.
     ("batch", "jobs", ("list", "watch", "create", "delete")),
-    ("", "secrets", ("get", "create", "delete")),
+    ("", "secrets", ("create", "delete")),
     # Events a person reads in `kubectl describe` (ours and kopf's, both core/v1)
     ("", "events", ("create",)),
     # kopf: resource discovery and namespace scanning
@@ -27,4 +29,17 @@ OPERATOR_RULES: list[tuple[str, str, tuple[str, ...]]] = [
     # kopf peering (only used with replicas > 1)
     ("kopf.dev", "kopfpeerings", ("get", "list", "watch", "patch")),
     ("kopf.dev", "clusterkopfpeerings", ("get", "list", "watch", "patch")),
+]
+
+# Rules limited to named objects: the daemon token Secret a connecting daemon is checked against
+# (kube.DAEMON_TOKEN_SECRET), in each watched namespace.
+NAMED_RULES: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = [
+    ("", "secrets", ("get",), ("makima-daemon-token",)),
+]
+
+# Opt-in (chart value rbac.daemonRepositoryCredentials): read any Secret in a watched namespace,
+# to push a directive's `repository.credentialsSecret` to the daemon that runs its task. Jobs
+# never need it (their pod references the Secret; the operator does not read it).
+DAEMON_CREDENTIALS_RULES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("", "secrets", ("get",)),
 ]

@@ -169,15 +169,40 @@ class ResourceRequirements(Wire):
 # ---- Directive ---------------------------------------------------------------------------
 
 
+# A repository URL: http(s)://, ssh://, git://, file://, scp-like user@host:path, or an absolute
+# local path. Never option-shaped (no leading "-"), no whitespace.
+REPOSITORY_URL_PATTERN = (
+    r"^((https?|ssh|git|file)://[^\s]+|[A-Za-z0-9._][A-Za-z0-9._-]*@[A-Za-z0-9.-]+:[^\s]+|/[^\s]*)$"
+)
+# A branch name git accepts (`git check-ref-format --branch`), restricted further: components
+# of letters, digits, "_", "+", "-" and single dots, separated by "/"; none starts with "-" or
+# ".", none ends with "."; so no "..", "@{", "//", control characters or option-shaped names.
+_REF_COMPONENT = r"[A-Za-z0-9_+][A-Za-z0-9_+-]*(\.[A-Za-z0-9_+-]+)*"
+BRANCH_PATTERN = rf"^{_REF_COMPONENT}(/{_REF_COMPONENT})*$"
+
+
 class Repository(Wire):
-    url: str = Field(min_length=1, max_length=2048, description="Git URL of the repository (https, ssh or file).")
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        pattern=REPOSITORY_URL_PATTERN,
+        description="Git URL of the repository: https://, ssh://, git://, file://, user@host:path or an absolute path.",
+    )
     base_branch: str = Field(
         default="main",
         min_length=1,
         max_length=255,
-        pattern=r"^[^\s~^:?*\[\\]+$",
+        pattern=BRANCH_PATTERN,
         description="Branch the work starts from and the pull request targets.",
     )
+
+    @field_validator("base_branch")
+    @classmethod
+    def _not_a_lock(cls, value: str) -> str:
+        if any(part.endswith(".lock") for part in value.split("/")):
+            raise ValueError("a branch name component may not end with .lock")
+        return value
+
     credentials_secret: DnsLabel | None = Field(
         default=None, description="Secret in the directive's namespace holding `token` (and optional `username`)."
     )

@@ -12,7 +12,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from .models import MAX_DEPENDS_ON, MAX_DESCRIPTION, MAX_ORDER_INDEX, MAX_TASK_PLAN, MAX_TITLE, DnsLabel
+from .models import (
+    BRANCH_PATTERN,
+    MAX_DEPENDS_ON,
+    MAX_DESCRIPTION,
+    MAX_ORDER_INDEX,
+    MAX_TASK_PLAN,
+    MAX_TITLE,
+    DnsLabel,
+)
 from .tasks import TaskKind
 
 MAX_BODY_BYTES = 1024 * 1024
@@ -101,10 +109,15 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
+COMMIT_PATTERN = r"^[0-9a-f]{40}([0-9a-f]{24})?$"  # a full SHA-1 (or SHA-256) object name
+
+
 class TaskResult(Msg):
     outcome: Outcome
-    branch: str | None = None
-    commit: str | None = None
+    # The branch a step pushed (the API also requires it to be the one the operator assigned)
+    # and its commit: never option-shaped, never free text.
+    branch: str | None = Field(default=None, max_length=255, pattern=BRANCH_PATTERN)
+    commit: str | None = Field(default=None, pattern=COMMIT_PATTERN)
     changed_files: int | None = Field(default=None, ge=0)
     message: str = Field(default="", max_length=8192)
     pull_request_url: str | None = None

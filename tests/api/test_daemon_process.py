@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -146,7 +147,9 @@ class GatedRunner:
             except asyncio.CancelledError:
                 self.cancelled.append(spec.task_id)
                 raise
-            await client.post_result(TaskResult(outcome=Outcome.SUCCEEDED, branch="b", commit="c"))
+            await client.post_result(
+                TaskResult(outcome=Outcome.SUCCEEDED, branch=spec.workspace.branch, commit="c" * 40)
+            )
 
 
 async def test_daemon_cancels_a_task_when_the_operator_asks(api: Api, tmp_path: Path) -> None:
@@ -230,3 +233,36 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert 0.25 <= delays[0] <= 0.5
     assert all(15.0 <= d <= 30.0 for d in delays[8:])
     assert len(set(delays)) == len(delays)
+
+
+async def test_cancelling_a_daemon_task_ends_the_agent_and_everything_it_started(
+    api: Api, tmp_path: Path, bare_repo: Path
+) -> None:
+    """Issue 17 item 3: the real runner on a daemon; the agent starts children in its own
+    group, in a new session (setsid) and as a sub-shell orphan, all carrying a random mark.
+    After the operator cancels the task none of them may be left (looked up in /proc)."""
+    from tests.runner.test_process_tree import TREE, describe, marked
+
+    mark = uuid.uuid4().hex
+    async with running_daemon(api, tmp_path) as daemon:
+        daemon_id = await connected(daemon)
+        task, token = await make_task(api.store, executor_ref=daemon_id, branch="makima/demo/tree")
+        spec = spec_of(task, command=["sh", "-c", TREE], repo_url=str(bare_repo))
+        spec = spec.model_copy(update={"agent": spec.agent.model_copy(update={"env": {"TEST_MARK": mark}})})
+        assert await api.hub.spawn(daemon_id, spec, token)
+
+        async def started() -> bool:
+            return len(marked(mark)) >= 5
+
+        # Deadlines, not expected durations: a clone and five process starts on a loaded machine.
+        await until(started, timeout=180)
+        assert await api.hub.cancel(daemon_id, task.id)
+        await until(lambda: _no_tasks(daemon), timeout=120)
+
+        async def none_left() -> bool:
+            return not marked(mark)
+
+        try:
+            await until(none_left, timeout=60)
+        except AssertionError:
+            raise AssertionError(f"survivors: {describe(marked(mark))}") from None

@@ -56,14 +56,14 @@ async def test_heartbeat_events_refresh_liveness_without_filling_the_log(api: Ap
 
 async def test_result_transitions_the_task_and_calls_the_fast_path(api: Api) -> None:
     task, token = await make_task(api.store, state=TaskState.RUNNING)
-    result = {"outcome": "succeeded", "branch": "makima/demo/build", "commit": "abc123", "changed_files": 3}
+    result = {"outcome": "succeeded", "branch": task.branch, "commit": "abc123" + "0" * 34, "changed_files": 3}
     resp = await api.client.post(f"/v1/tasks/{task.id}/result", json=result, headers=bearer(token))
     assert resp.status == 200, await resp.text()
 
     stored = await api.store.get_task(task.id)
     assert stored is not None
     assert stored.state is TaskState.SUCCEEDED
-    assert (stored.branch, stored.commit) == ("makima/demo/build", "abc123")
+    assert (stored.branch, stored.commit) == (task.branch, "abc123" + "0" * 34)
     assert stored.result is not None and stored.result["changed_files"] == 3 and stored.finished_at is not None
     assert [(t.id, t.state) for t in api.reports.calls] == [(task.id, TaskState.SUCCEEDED)]
 
@@ -88,7 +88,7 @@ async def test_result_of_a_pending_task_passes_through_running(api: Api) -> None
 
 async def test_the_same_result_sent_again_is_accepted_once(api: Api) -> None:
     task, token = await make_task(api.store, state=TaskState.RUNNING)
-    result = {"outcome": "succeeded", "branch": "b", "commit": "c1"}
+    result = {"outcome": "succeeded", "branch": task.branch, "commit": "c1" * 20}
     first = await api.client.post(f"/v1/tasks/{task.id}/result", json=result, headers=bearer(token))
     again = await api.client.post(f"/v1/tasks/{task.id}/result", json=result, headers=bearer(token))
     assert (first.status, again.status) == (200, 200)
@@ -284,3 +284,32 @@ async def test_a_failing_fast_path_does_not_fail_the_report(api: Api) -> None:
     assert resp.status == 200
     stored = await api.store.get_task(task.id)
     assert stored is not None and stored.state is TaskState.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("report", "field"),
+    [
+        ({"branch": "--upload-pack=touch /tmp/pwned"}, "branch"),
+        ({"branch": "makima/demo/other"}, "branch"),  # a valid name, but not this task's branch
+        ({"commit": "$(touch /tmp/pwned)\nX"}, "commit"),
+        ({"commit": "abc123"}, "commit"),  # abbreviated: not a full object name
+    ],
+)
+async def test_a_forged_branch_or_commit_is_refused(api: Api, report: dict[str, str], field: str) -> None:
+    """Issue 15 item 5: a task may report only the branch the operator gave it, and a full
+    commit id; anything else is refused and the task stays as it was."""
+    task, token = await make_task(api.store, state=TaskState.RUNNING, branch="makima/demo/build")
+    body = {"outcome": "succeeded", "branch": "makima/demo/build", "commit": "a" * 40, **report}
+    resp = await api.client.post(f"/v1/tasks/{task.id}/result", json=body, headers=bearer(token))
+    assert resp.status == 422, await resp.text()
+    problems = (await resp.json())["problems"]
+    assert any(p.get("field") == field for p in problems), problems
+    stored = await api.store.get_task(task.id)
+    assert stored is not None and stored.state is TaskState.RUNNING and stored.commit is None
+    assert api.reports.calls == []
+    ok = await api.client.post(
+        f"/v1/tasks/{task.id}/result",
+        json={"outcome": "succeeded", "branch": "makima/demo/build", "commit": "a" * 40},
+        headers=bearer(token),
+    )
+    assert ok.status == 200

@@ -140,3 +140,64 @@ async def test_job_deletion_kills_its_process(kube: Kube) -> None:
         return False
 
     await kube.eventually(killed)
+
+
+async def test_deleting_a_job_ends_every_process_of_its_pod(kube: Kube) -> None:
+    """Issue 17 item 3, the sandbox side: a pod's processes end with it, as with a container's
+    PID namespace, even one that left the pod's process group (setsid). Survivors are looked
+    up in /proc by a random mark in their environment."""
+    if kube.real:
+        return  # what a node does with the processes is not observable from the API
+    import uuid
+
+    from tests.runner.test_process_tree import marked
+
+    await _secret(kube)
+    mark = uuid.uuid4().hex
+    script = (
+        "import os, subprocess, sys, time\n"
+        "subprocess.Popen([sys.executable, '-c', 'import os, time; os.setsid(); time.sleep(600)'])\n"
+        "subprocess.Popen(['sleep', '600'])\n"
+        "time.sleep(600)\n"
+    )
+    spec = job("tree", script)
+    spec["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "TEST_MARK", "value": mark})
+    await kube.post(kube.ns("jobs", group_version="/apis/batch/v1"), spec)
+
+    async def started() -> bool:
+        return len(marked(mark)) >= 3
+
+    await kube.eventually(started, timeout=60)
+    await kube.delete(kube.ns("jobs", "tree", group_version="/apis/batch/v1"), {"propagationPolicy": "Background"})
+
+    async def none_left() -> bool:
+        return not marked(mark)
+
+    await kube.eventually(none_left, timeout=60)
+
+
+async def test_a_finished_pod_leaves_no_process_behind(kube: Kube) -> None:
+    if kube.real:
+        return  # not observable from the API
+    import uuid
+
+    from tests.runner.test_process_tree import marked
+
+    await _secret(kube)
+    mark = uuid.uuid4().hex
+    script = (
+        "import subprocess, sys\n"
+        "subprocess.Popen([sys.executable, '-c', 'import os, time; os.setsid(); time.sleep(600)'],\n"
+        "                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print('left a child behind', flush=True)\n"
+    )
+    spec = job("leaver", script)
+    spec["spec"]["template"]["spec"]["containers"][0]["env"].append({"name": "TEST_MARK", "value": mark})
+    await kube.post(kube.ns("jobs", group_version="/apis/batch/v1"), spec)
+    done = await _finished(kube, "leaver")
+    assert _condition(done, "Complete")
+
+    async def none_left() -> bool:
+        return not marked(mark)
+
+    await kube.eventually(none_left, timeout=60)

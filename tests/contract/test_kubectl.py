@@ -166,3 +166,36 @@ def test_kubectl_with_the_project_crds(target: Target) -> None:
     explain = target.out("explain", "directive.spec")
     assert "<no description>" not in explain and "goal" in explain
     assert "deleted" in target.out("delete", "-f", str(DIRECTIVE))
+
+
+@pytest.mark.skipif(not PROJECT_CRDS or not DIRECTIVE.exists(), reason="crds/ or examples/directive.yaml absent")
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"metadata": {"name": "d" * 64}}, "metadata.name"),
+        ({"spec": {"repository": {"url": "--upload-pack=touch /tmp/pwned"}}}, "spec.repository.url"),
+        ({"spec": {"repository": {"url": "-oProxyCommand=x"}}}, "spec.repository.url"),
+        ({"spec": {"repository": {"baseBranch": "--upload-pack=x"}}}, "spec.repository.baseBranch"),
+        ({"spec": {"repository": {"baseBranch": "main..evil"}}}, "spec.repository.baseBranch"),
+    ],
+)
+def test_hostile_directives_are_refused_at_the_door(
+    target: Target, change: dict[str, dict[str, object]], field: str
+) -> None:
+    """Issue 15 items 3 and 4: a name that cannot become a label value, option-shaped URLs and
+    branch names are refused by the API server (the CRD schema), with the field named."""
+    import yaml
+
+    target.out("apply", "-f", str(PROJECT / "crds"))
+    target.run("wait", "--for=condition=Established", "crd/directives.makima.dev", "--timeout=60s")
+    body = yaml.safe_load(DIRECTIVE.read_text())
+    body["metadata"].update(change.get("metadata", {}))
+    repo = change.get("spec", {}).get("repository", {})
+    body["spec"]["repository"].update(repo)  # type: ignore[arg-type]
+    manifest = target.cache.parent / "hostile.yaml"
+    manifest.write_text(yaml.safe_dump(body))
+    done = target.run("apply", "-f", str(manifest), ok=False)
+    assert done.returncode != 0, done.stdout
+    assert field in done.stderr and "invalid" in done.stderr.lower(), done.stderr
+    listed = target.out("get", "directives", "-o", "name")
+    assert body["metadata"]["name"] not in listed.split("/")

@@ -78,3 +78,19 @@ def test_cli_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (tmp_path / "out" / "x.txt").read_text() == "hello"
     res = runner.invoke(app, ["agent", "scripted"], env={"MAKIMA_AGENT_SCRIPT": "steps: {a: {typo: 1}}"}, input="")
     assert res.exit_code == EXIT_BAD_SCRIPT and "typo" in res.output
+
+
+def test_an_invalid_plan_is_reported_without_a_traceback(tmp_path: Path) -> None:
+    """Issue 15 item 7: the agent's last lines become the task's status message; a bad step
+    name in the script must read as a problem, not as a pydantic traceback."""
+    import subprocess
+    import sys
+
+    script = yaml.safe_dump({"plan": [{"name": "Bad_Name", "title": "t"}]})
+    env = {"MAKIMA_AGENT_SCRIPT": script, "MAKIMA_TASK_KIND": "planning", "MAKIMA_GENERATION": "1", "PATH": ""}
+    done = subprocess.run(
+        [sys.executable, "-m", "makima.runner.scripted"], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == EXIT_BAD_SCRIPT, done.stderr
+    assert "Traceback" not in done.stderr and "pydantic" not in done.stderr
+    assert "step 0.name" in done.stderr, done.stderr

@@ -114,15 +114,39 @@ async def test_token_reaches_git_only_via_askpass(
         assert secret not in result.model_dump_json()
     workspace_url = git("config", "remote.origin.url", cwd=tmp_path / "work" / "repo")
     assert GIT_TOKEN not in workspace_url and "@" not in workspace_url
-    assert GIT_TOKEN not in (tmp_path / "work" / ".makima" / "makima-askpass.sh").read_text()
+    # The askpass script lived in a private directory for each remote command only; no file
+    # under the work dir holds the token.
+    for path in (tmp_path / "work").rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            assert GIT_TOKEN.encode() not in path.read_bytes(), path
 
 
-def test_askpass_answers_from_environment(tmp_path: Path) -> None:
+def test_askpass_answers_only_for_the_repository_origin(tmp_path: Path) -> None:
     script = write_askpass(tmp_path)
-    env = {"PATH": os.environ["PATH"], "MAKIMA_GIT_TOKEN": "s3cr3t-value", "MAKIMA_GIT_USERNAME": "bob"}
-    ask = lambda prompt: subprocess.run([str(script), prompt], env=env, capture_output=True, text=True).stdout  # noqa: E731
-    assert ask("Username for 'https://github.com': ") == "bob\n"
-    assert ask("Password for 'https://bob@github.com': ") == "s3cr3t-value\n"
+    env = {
+        "PATH": os.environ["PATH"],
+        "MAKIMA_GIT_TOKEN": "s3cr3t-value",
+        "MAKIMA_GIT_USERNAME": "bob",
+        "MAKIMA_GIT_ORIGIN": "https://github.com",
+    }
+
+    def ask(prompt: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(script), prompt], env={**env, **extra}, capture_output=True, text=True)
+
+    assert ask("Username for 'https://github.com': ").stdout == "bob\n"
+    assert ask("Password for 'https://bob@github.com': ").stdout == "s3cr3t-value\n"
+    # A remote the agent pointed elsewhere (or an insteadOf rewrite) gets nothing.
+    for prompt in (
+        "Password for 'https://bob@evil.example': ",
+        "Password for 'http://bob@github.com': ",
+        "Password for 'https://bob@github.com.evil.example': ",
+        "Password for 'https://bob@github.com:8443': ",
+    ):
+        res = ask(prompt)
+        assert res.returncode != 0 and res.stdout == "", prompt
+    # Without an origin (no token for this repository) it answers nothing at all.
+    res = ask("Password for 'https://bob@github.com': ", MAKIMA_GIT_ORIGIN="")
+    assert res.returncode != 0 and "s3cr3t" not in res.stdout
     assert "s3cr3t-value" not in script.read_text()
 
 

@@ -28,6 +28,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "default": {},
     "bundled-postgresql": BUNDLED_PG,
     "namespaced-rbac": {"watchNamespaces": ["team-a", "team-b"]},
+    "cluster-wide": {"clusterWide": True},
+    "daemon-credentials": {"rbac": {"daemonRepositoryCredentials": True}},
     "network-policy": {"networkPolicy": {"enabled": True}},
     "network-policy-namespaced": {"watchNamespaces": ["team-a"], "networkPolicy": {"enabled": True}},
     "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},

@@ -74,8 +74,19 @@ def test_helm_lint_is_clean(name: str) -> None:
 
 def test_default_renders_the_minimum() -> None:
     kinds = sorted(d["kind"] for d in render())
-    # the operator's ClusterRole and binding, and the people's (aggregated, unbound) ClusterRole
-    assert kinds == ["ClusterRole", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "ServiceAccount"]
+    # the operator's read-only discovery ClusterRole and binding, its Role and binding in the
+    # release namespace, and the people's two (aggregated, unbound) ClusterRoles
+    assert kinds == [
+        "ClusterRole",
+        "ClusterRole",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+    ]
 
 
 def test_operator_deployment_is_restricted_and_probed() -> None:
@@ -106,7 +117,7 @@ def test_operator_environment_matches_settings(monkeypatch: pytest.MonkeyPatch) 
 
     container = one(render(), "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0]
     env = env_of(container)
-    assert json.loads(env["MAKIMA_NAMESPACES"]) == []
+    assert json.loads(env["MAKIMA_NAMESPACES"]) == [NAMESPACE]  # the release namespace by default
     assert env["MAKIMA_DATABASE_URL"] == {"secretKeyRef": {"name": "makima-database", "key": "database-url"}}
     assert env["MAKIMA_API_LISTEN"] == "0.0.0.0:8080"
     assert env["MAKIMA_API_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:8080"
@@ -120,7 +131,7 @@ def test_operator_environment_matches_settings(monkeypatch: pytest.MonkeyPatch) 
     for key, value in makima_env.items():
         monkeypatch.setenv(key, value)
     settings = OperatorSettings()  # parses the environment exactly as the operator does
-    assert settings.namespaces == []
+    assert settings.namespaces == [NAMESPACE]
     assert settings.api_url.endswith(":8080")
     assert settings.tick_seconds == 15 and settings.job_ttl_seconds == 3600 and settings.log_json is True
 
@@ -275,3 +286,18 @@ def test_daemon_cli_accepts_the_rendered_arguments() -> None:
     # --help is eager but runs after parsing, so an unknown option still fails (exit 2)
     result = CliRunner().invoke(daemon_app, [*args[1:], "--help"])
     assert result.exit_code == 0, result.output
+
+
+def test_bundled_postgresql_is_reachable_from_the_operator_only() -> None:
+    """Issue 15 item 6: the bundled database gets a NetworkPolicy admitting the operator's pods
+    on 5432 and nothing else."""
+    docs = render({"postgresql": {"bundled": {"enabled": True}}})
+    (policy,) = [d for d in of_kind(docs, "NetworkPolicy") if d["metadata"]["name"].endswith("postgresql")]
+    (pg,) = of_kind(docs, "StatefulSet")
+    (operator,) = of_kind(docs, "Deployment")
+    assert policy["spec"]["podSelector"]["matchLabels"] == pg["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": operator["spec"]["selector"]["matchLabels"]}}]
+    assert rule["ports"] == [{"protocol": "TCP", "port": 5432}]
+    assert not [d for d in of_kind(render({}), "NetworkPolicy")]

@@ -1,5 +1,7 @@
 """The chart's RBAC grants exactly the API calls the operator makes
-(operator/makima/kube_calls.py OPERATOR_RULES): a missing rule fails, so does an extra one.
+(operator/makima/kube_calls.py: OPERATOR_RULES, NAMED_RULES, and DAEMON_CREDENTIALS_RULES when
+rbac.daemonRepositoryCredentials is on): a missing rule fails, so does an extra one, in each
+install mode (the release namespace by default, listed namespaces, cluster-wide).
 
 Decision on peering: kopf's peering rules are granted only when replicas > 1 (peering on),
 and only the one kopf uses in that mode: ClusterKopfPeering when watching all namespaces,
@@ -13,44 +15,55 @@ from typing import Any
 
 import pytest
 
-from makima.kube import USER_RULES
-from makima.kube_calls import OPERATOR_RULES
+from makima.kube import ADMIN_USER_RULES, USER_RULES
+from makima.kube_calls import DAEMON_CREDENTIALS_RULES, NAMED_RULES, OPERATOR_RULES
 
 from .chart import NAMESPACE, RELEASE, of_kind, render
 
-Rules = dict[tuple[str, str], set[str]]
-PEERING = {("kopf.dev", "kopfpeerings"), ("kopf.dev", "clusterkopfpeerings")}
+# (apiGroup, resource, resourceNames or ()) -> verbs
+Rules = dict[tuple[str, str, tuple[str, ...]], set[str]]
+PEERING = {("kopf.dev", "kopfpeerings", ()), ("kopf.dev", "clusterkopfpeerings", ())}
 CLUSTER_SCOPED = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"),
-    ("", "namespaces"),
-    ("kopf.dev", "clusterkopfpeerings"),
+    ("apiextensions.k8s.io", "customresourcedefinitions", ()),
+    ("", "namespaces", ()),
+    ("kopf.dev", "clusterkopfpeerings", ()),
 }
 
 
 def _flatten(rules: list[dict[str, Any]]) -> Rules:
     flat: Rules = defaultdict(set)
     for rule in rules:
-        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+        assert "nonResourceURLs" not in rule
+        names = tuple(rule.get("resourceNames") or ())
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 assert "*" not in (group, resource) and "*" not in rule["verbs"], rule
-                flat[(group, resource)].update(rule["verbs"])
+                flat[(group, resource, names)].update(rule["verbs"])
     return dict(flat)
 
 
-def _expected(*, peering: str | None) -> Rules:
-    """OPERATOR_RULES, minus the peering rules kopf does not use in this mode."""
-    keep = {None: set(), "cluster": {("kopf.dev", "clusterkopfpeerings")}, "namespaced": {("kopf.dev", "kopfpeerings")}}
+def _expected(*, peering: str | None, daemon_credentials: bool = False) -> Rules:
+    """The code's rules, minus the peering rules kopf does not use in this mode."""
+    keep = {
+        None: set(),
+        "cluster": {("kopf.dev", "clusterkopfpeerings", ())},
+        "namespaced": {("kopf.dev", "kopfpeerings", ())},
+    }
     expected: Rules = {}
     for group, resource, verbs in OPERATOR_RULES:
-        if (group, resource) in PEERING and (group, resource) not in keep[peering]:
+        if (group, resource, ()) in PEERING and (group, resource, ()) not in keep[peering]:
             continue
-        expected[(group, resource)] = set(verbs)
+        expected[(group, resource, ())] = set(verbs)
+    for group, resource, verbs, names in NAMED_RULES:
+        expected[(group, resource, names)] = set(verbs)
+    if daemon_credentials:
+        for group, resource, verbs in DAEMON_CREDENTIALS_RULES:
+            expected.setdefault((group, resource, ()), set()).update(verbs)
     return expected
 
 
 def _user_role(doc: dict[str, Any]) -> bool:
-    return doc["metadata"].get("labels", {}).get("makima.dev/role") == "user"
+    return doc["metadata"].get("labels", {}).get("makima.dev/role") in ("user", "user-admin")
 
 
 def _bound_to_operator(docs: list[dict[str, Any]], binding_kind: str, role_kind: str) -> list[dict[str, Any]]:
@@ -76,22 +89,54 @@ def test_rule_list_is_well_formed() -> None:
         assert (group, resource) not in seen, f"duplicate rule for {group}/{resource}"
         seen.add((group, resource))
         assert verbs and set(verbs) <= {"get", "list", "watch", "create", "update", "patch", "delete"}
+    # Secrets: no list/watch ever; `get` only by name unless the daemon-credentials opt-in
+    secret_verbs = {v for g, r, verbs in OPERATOR_RULES if (g, r) == ("", "secrets") for v in verbs}
+    assert not secret_verbs & {"get", "list", "watch", "update", "patch"}
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_all_namespaces_cluster_role_equals_operator_rules(replicas: int) -> None:
-    docs = render({"replicas": replicas})
+@pytest.mark.parametrize("daemon_credentials", [False, True])
+def test_cluster_wide_cluster_role_equals_operator_rules(replicas: int, daemon_credentials: bool) -> None:
+    docs = render(
+        {"clusterWide": True, "replicas": replicas, "rbac": {"daemonRepositoryCredentials": daemon_credentials}}
+    )
     assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
     (cluster_role,) = _bound_to_operator(docs, "ClusterRoleBinding", "ClusterRole")
     granted = _flatten(cluster_role["rules"])
-    assert granted == _expected(peering="cluster" if replicas > 1 else None)
+    assert granted == _expected(peering="cluster" if replicas > 1 else None, daemon_credentials=daemon_credentials)
+    (deploy,) = of_kind(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MAKIMA_NAMESPACES"] == "[]"
+
+
+def test_the_default_install_is_confined_to_the_release_namespace() -> None:
+    """Least privilege is the easy install: no values at all gives one Role in the release's
+    namespace, and the operator watches only that namespace."""
+    docs = render({})
+    (cluster_role,) = _bound_to_operator(docs, "ClusterRoleBinding", "ClusterRole")
+    assert set(_flatten(cluster_role["rules"])) <= CLUSTER_SCOPED
+    assert all(set(verbs) <= {"list", "watch"} for verbs in _flatten(cluster_role["rules"]).values())
+    (role,) = _bound_to_operator(docs, "RoleBinding", "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert {**_flatten(role["rules"]), **_flatten(cluster_role["rules"])} == _expected(peering=None)
+    (deploy,) = of_kind(docs, "Deployment")
+    env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MAKIMA_NAMESPACES"] == f'["{NAMESPACE}"]'
+
+
+def test_cluster_wide_with_listed_namespaces_is_refused() -> None:
+    with pytest.raises(Exception, match="watchNamespaces"):
+        render({"clusterWide": True, "watchNamespaces": ["team-a"]})
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
-def test_watch_namespaces_roles_equal_operator_rules(replicas: int) -> None:
+@pytest.mark.parametrize("daemon_credentials", [False, True])
+def test_watch_namespaces_roles_equal_operator_rules(replicas: int, daemon_credentials: bool) -> None:
     namespaces = ["team-a", "team-b"]
-    docs = render({"watchNamespaces": namespaces, "replicas": replicas})
-    expected = _expected(peering="namespaced" if replicas > 1 else None)
+    values = {"watchNamespaces": namespaces, "replicas": replicas}
+    values["rbac"] = {"daemonRepositoryCredentials": daemon_credentials}
+    docs = render(values)
+    expected = _expected(peering="namespaced" if replicas > 1 else None, daemon_credentials=daemon_credentials)
 
     # cluster-scoped reads (kopf discovery) stay in a ClusterRole; nothing namespaced does
     (cluster_role,) = _bound_to_operator(docs, "ClusterRoleBinding", "ClusterRole")
@@ -117,12 +162,18 @@ def test_rbac_can_be_left_to_the_cluster_admin() -> None:
 
 def test_user_role_grants_exactly_what_the_cli_uses_and_aggregates_into_edit() -> None:
     docs = render({})
-    (role,) = [d for d in of_kind(docs, "ClusterRole") if _user_role(d)]
+    roles = {d["metadata"]["labels"]["makima.dev/role"]: d for d in of_kind(docs, "ClusterRole") if _user_role(d)}
+    role, admin = roles["user"], roles["user-admin"]
     labels = role["metadata"]["labels"]
     assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
     assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
-    assert _flatten(role["rules"]) == {(g, r): set(v) for g, r, v in USER_RULES}
+    assert _flatten(role["rules"]) == {(g, r, ()): set(v) for g, r, v in USER_RULES}
+    # Editors never write status (a forged step Succeeded); `makima retry` is for admins only.
+    assert not [key for key in _flatten(role["rules"]) if key[1].endswith("/status")]
+    assert _flatten(admin["rules"]) == {(g, r, ()): set(v) for g, r, v in ADMIN_USER_RULES}
+    assert "rbac.authorization.k8s.io/aggregate-to-edit" not in admin["metadata"]["labels"]
+    assert admin["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
     # never bound to the operator's service account
     bindings = of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding")
-    assert all(b["roleRef"]["name"] != role["metadata"]["name"] for b in bindings)
+    assert all(b["roleRef"]["name"] not in (role["metadata"]["name"], admin["metadata"]["name"]) for b in bindings)
     assert not [d for d in of_kind(render({"rbac": {"userRoles": False}}), "ClusterRole") if _user_role(d)]

@@ -108,12 +108,22 @@ seccompProfile:
 {{- end -}}
 
 {{/*
-RBAC rules: exactly the API calls in operator/makima/kube_calls.py (OPERATOR_RULES);
+RBAC rules: exactly the API calls in operator/makima/kube_calls.py (OPERATOR_RULES,
+NAMED_RULES, DAEMON_CREDENTIALS_RULES when rbac.daemonRepositoryCredentials);
 tests/ship/test_rbac.py fails on any difference. Namespaced rules go in a Role per
-watched namespace (or the ClusterRole when watching all); cluster-scoped reads always
+watched namespace (or the ClusterRole with clusterWide); cluster-scoped reads always
 in a ClusterRole. Peering rules only when replicas > 1: the namespaced KopfPeering when
 watching listed namespaces, the ClusterKopfPeering when watching all.
 */}}
+{{/* The namespaces watched, as a list: [] = all (clusterWide), else watchNamespaces or the release's. */}}
+{{- define "makima.watchedNamespaces" -}}
+{{- if .Values.clusterWide -}}
+{{- toJson (list) -}}
+{{- else -}}
+{{- toJson (.Values.watchNamespaces | default (list .Release.Namespace)) -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "makima.rules.namespaced" -}}
 - apiGroups: ["makima.dev"]
   resources: ["directives"]
@@ -132,7 +142,16 @@ watching listed namespaces, the ClusterKopfPeering when watching all.
   verbs: ["list", "watch", "create", "delete"]
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["get", "create", "delete"]
+  verbs: ["create", "delete"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  resourceNames: ["makima-daemon-token"]
+  verbs: ["get"]
+{{- if .Values.rbac.daemonRepositoryCredentials }}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
+{{- end }}
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -211,6 +211,13 @@ async def post_result(request: web.Request) -> web.Response:
     data = await read_json(request)
     reject_nul(data)
     report = parse(TaskResult, data)
+    if report.branch is not None and task.branch is not None and report.branch != task.branch:
+        metrics.TASK_REPORTS.labels(report="refused").inc()
+        raise ApiError(
+            422,
+            "result refused",
+            [Problem(field="branch", message=f"this task works on branch {task.branch!r}, not {report.branch!r}")],
+        )
     target = _final_state(report)
     reported = report.model_dump(mode="json", exclude_none=True)
     for _ in range(deps.cas_retries):

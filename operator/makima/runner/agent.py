@@ -28,8 +28,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import time
+import uuid
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..protocol import AgentSettings, EventType
+from . import proctree
 from .git import ENV_GIT_TOKEN, ENV_GIT_USERNAME, IDENTITY_EMAIL, IDENTITY_NAME
 from .report import Reporter
 
@@ -251,6 +252,8 @@ async def run_agent(
         EventType.PROGRESS,
         {"message": f"agent started ({mode})", "command": settings.command[0], "mode": mode},
     )
+    marker = uuid.uuid4().hex
+    env[proctree.ENV_AGENT_RUN] = marker
     try:
         proc = await asyncio.create_subprocess_exec(
             *settings.command,
@@ -260,9 +263,11 @@ async def run_agent(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=proctree.agent_preexec,
         )
     except OSError as exc:
         return AgentOutcome(None, error=f"cannot start agent command {settings.command[0]!r}: {exc.strerror}")
+    proctree.track(proc.pid)
 
     async def feed() -> None:
         assert proc.stdin is not None
@@ -299,25 +304,22 @@ async def run_agent(
     timed_out = False
     try:
         try:
-            await asyncio.wait_for(proc.wait(), timeout=settings.timeout_seconds)
+            await asyncio.wait_for(_exited(proc), timeout=settings.timeout_seconds)
         except TimeoutError:
             timed_out = True
-            await _terminate(proc)
-        # The pipes close when the process group is gone; a straggler left holding them
-        # (a background child of the agent) is killed with its group.
+        # The agent is done (or out of time): nothing it started may outlive it — background
+        # children, its process group, setsid-escaped descendants carrying the run's marker.
+        await _end(proc, marker)
         _done, stuck = await asyncio.wait(io, timeout=KILL_GRACE_SECONDS)
-        if stuck:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            _done, stuck = await asyncio.wait(stuck, timeout=1.0)
         for t in stuck:
             t.cancel()
     except asyncio.CancelledError:
-        await _terminate(proc)
+        await asyncio.shield(_end(proc, marker))
         for t in io:
             t.cancel()
         raise
     finally:
+        proctree.untrack(proc.pid)
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
@@ -341,12 +343,17 @@ async def run_agent(
     return outcome
 
 
-async def _terminate(proc: asyncio.subprocess.Process) -> None:
-    """SIGTERM the agent's whole process group, then SIGKILL after a grace period."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, KILL_GRACE_SECONDS)):
-        if proc.returncode is not None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
+async def _exited(proc: asyncio.subprocess.Process, poll: float = 0.05) -> None:
+    """Until the agent process itself has exited. Not `proc.wait()`: that also waits for its
+    pipes to close, which a background child holding them would put off indefinitely."""
+    while proc.returncode is None:  # noqa: ASYNC110 - asyncio offers no event for the exit alone
+        await asyncio.sleep(poll)
+
+
+async def _end(proc: asyncio.subprocess.Process, marker: str) -> None:
+    """End the agent's whole process tree: SIGTERM, a grace period, then SIGKILL."""
+    root = proc.pid if proc.returncode is None else None
+    await proctree.end_tree(proc.pid, root, marker, grace=KILL_GRACE_SECONDS)
+    if proc.returncode is None:
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(proc.wait(), timeout=wait)
+            await asyncio.wait_for(_exited(proc), timeout=KILL_GRACE_SECONDS)

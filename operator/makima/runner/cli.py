@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ T = TypeVar("T")
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_TERMINATED = 128 + 15  # as if killed by SIGTERM
 
 
 def _err() -> Console:
@@ -122,21 +124,44 @@ def task_run(
     keep: Annotated[bool, typer.Option(help="Keep the temporary workspace.")] = False,
 ) -> None:
     """Fetch this task's spec from the operator, run it, and post the result."""
+    from .git import ENV_GIT_TOKEN, ENV_GIT_USERNAME, GitCredentials
+    from .proctree import harden_runner
     from .report import ApiReporter, RedactionFilter, Redactor
     from .run import run_task
+
+    # Before anything else (and long before any agent exists): the git credential leaves the
+    # environment, and the process becomes non-dumpable, so the agent (same UID) cannot read
+    # it from /proc/<pid>/environ or /proc/<pid>/mem. Orphans of the agent come back to us.
+    credentials = GitCredentials(
+        token=os.environ.pop(ENV_GIT_TOKEN, None), username=os.environ.pop(ENV_GIT_USERNAME, None)
+    )
+    harden_runner(subreaper=True)
 
     token = os.environ.get("MAKIMA_TASK_TOKEN")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(RedactionFilter(Redactor([token, os.environ.get("MAKIMA_GIT_TOKEN")])))
+    handler.addFilter(RedactionFilter(Redactor([token, credentials.token])))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
 
     work = workdir or Path(tempfile.mkdtemp(prefix="makima-task-"))
+    terminated = False
 
     async def go(client: TaskClient) -> Outcome:
+        nonlocal terminated
+        main = asyncio.current_task()
+        assert main is not None
+
+        def on_signal() -> None:  # the pod or the Job is being deleted: end the agent's tree, then exit
+            nonlocal terminated
+            terminated = True
+            main.cancel()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
         spec = await client.get_task()
         async with ApiReporter(client) as reporter:
-            result = await run_task(spec, reporter, work)
+            result = await run_task(spec, reporter, work, credentials=credentials)
         await client.post_result(result)
         console = Console(highlight=False)
         console.print(f"task {spec.task_id}: {result.outcome.value}: {result.message}", markup=False)
@@ -144,6 +169,11 @@ def task_run(
 
     try:
         outcome = _run_api("task run", go)
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        _err().print("task run: terminated; the agent and everything it started were stopped", markup=False)
+        raise typer.Exit(EXIT_TERMINATED) from None
     finally:
         if workdir is None and not keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -1,21 +1,41 @@
-"""A thin async wrapper around the `git` command.
+"""A thin async wrapper around the `git` command, and how git gets the credential.
 
-Credentials reach git only through `GIT_ASKPASS`: a tiny script that echoes the
-username or token from the environment (`MAKIMA_GIT_USERNAME`, `MAKIMA_GIT_TOKEN`) when git
-asks. They are never put in a URL, an argument, a log line or an event. Git never prompts
-on a terminal (`GIT_TERMINAL_PROMPT=0`) and commits as a fixed identity,
+The git token must never be within the agent's reach (the agent runs as the same user):
+
+- it is not in the runner's environment (`makima task run` removes it at start and makes
+  itself non-dumpable, see `proctree`), nor in any URL, argument, file, log line or event;
+- only git commands that talk to the remote (`clone`, `fetch`, `push`, `ls-remote`) get it, in
+  their own environment, and only while no agent process is alive (the runner ends the whole
+  agent tree before it goes on);
+- git asks for it through `GIT_ASKPASS`: a script written afresh into a new private directory
+  for each such command, which answers only for the repository's own origin
+  (`MAKIMA_GIT_ORIGIN`, scheme://host[:port]) — a remote URL the agent redirected elsewhere
+  gets nothing;
+- the agent may have edited the clone's `.git/config` and its home directory's git config
+  (a `credential.helper`, hooks, a proxy, `insteadOf` rewrites): before every remote command
+  the clone's config is restored to what the runner saw right after cloning, the global
+  config is the snapshot taken when the runner started, and hooks, fsmonitor and credential
+  helpers are switched off on the command line (the highest-precedence scope).
+
+Git never prompts on a terminal (`GIT_TERMINAL_PROMPT=0`) and commits as a fixed identity,
 `makima <makima@localhost>`, so no global git configuration is needed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 import stat
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from . import proctree
 
 log = logging.getLogger(__name__)
 
@@ -23,15 +43,69 @@ IDENTITY_NAME = "makima"
 IDENTITY_EMAIL = "makima@localhost"
 ENV_GIT_TOKEN = "MAKIMA_GIT_TOKEN"
 ENV_GIT_USERNAME = "MAKIMA_GIT_USERNAME"
+ENV_GIT_ORIGIN = "MAKIMA_GIT_ORIGIN"
 DEFAULT_GIT_USERNAME = "x-access-token"  # what GitHub expects with a token as password
 
 ASKPASS_SCRIPT = """#!/bin/sh
-# makima askpass: git calls this with its prompt as $1; answer from the environment.
+# makima askpass: git calls this with its prompt as $1, e.g. "Password for 'https://u@host': ".
+# Answer only for the repository's origin ($MAKIMA_GIT_ORIGIN, scheme://host[:port]).
+url=${1#*\\'}
+url=${url%\\'*}
+scheme=${url%%://*}
+rest=${url#*://}
+rest=${rest%%/*}
+host=${rest##*@}
+if [ -z "${MAKIMA_GIT_ORIGIN:-}" ] || [ "$scheme://$host" != "$MAKIMA_GIT_ORIGIN" ]; then
+  echo "makima askpass: no credential for $scheme://$host" >&2
+  exit 1
+fi
 case "$1" in
   Username*|username*) printf '%s\\n' "${MAKIMA_GIT_USERNAME:-x-access-token}" ;;
   *) printf '%s\\n' "${MAKIMA_GIT_TOKEN:-}" ;;
 esac
 """
+
+# Commands that talk to the remote: the only ones that get the credential.
+NETWORK_COMMANDS = frozenset({"clone", "fetch", "push", "ls-remote", "pull"})
+
+# Command-line scope: wins over anything the agent wrote into a repository or global config.
+HARDENING = {
+    "commit.gpgsign": "false",
+    "credential.helper": "",
+    "advice.detachedHead": "false",
+    "core.hooksPath": os.devnull,
+    "core.fsmonitor": "false",
+    "protocol.ext.allow": "never",
+}
+
+
+def origin_of(url: str) -> str | None:
+    """scheme://host[:port] of an HTTP(S) URL (what askpass compares with), else None."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{host}"
+
+
+def global_config_snapshot(env: Mapping[str, str] | None = None) -> bytes:
+    """The user's global git config as it is now (before any agent ran)."""
+    env = os.environ if env is None else env
+    if env.get("GIT_CONFIG_GLOBAL"):
+        paths = [Path(env["GIT_CONFIG_GLOBAL"])]
+    else:
+        home = Path(env.get("HOME") or Path.home())
+        xdg = Path(env.get("XDG_CONFIG_HOME") or home / ".config")
+        paths = [xdg / "git" / "config", home / ".gitconfig"]
+    chunks = []
+    for path in paths:
+        with contextlib.suppress(OSError):
+            if path.is_file():
+                chunks.append(path.read_bytes())
+    return b"\n".join(chunks)
 
 
 @dataclass(frozen=True)
@@ -108,22 +182,33 @@ def git_env(
             "LC_ALL": "C",
         }
     )
-    # Settings for every call, whatever the machine's git configuration says: no signing
-    # prompts, no credential helper storing the token, quiet detached checkouts.
-    overrides = {"commit.gpgsign": "false", "credential.helper": "", "advice.detachedHead": "false"}
-    env["GIT_CONFIG_COUNT"] = str(len(overrides))
-    for i, (key, value) in enumerate(overrides.items()):
+    # Settings for every call, whatever the machine's (or the agent's) git configuration says:
+    # no signing prompts, no credential helper storing the token, no hooks, quiet checkouts.
+    env["GIT_CONFIG_COUNT"] = str(len(HARDENING))
+    for i, (key, value) in enumerate(HARDENING.items()):
         env[f"GIT_CONFIG_KEY_{i}"] = key
         env[f"GIT_CONFIG_VALUE_{i}"] = value
     env.pop("GIT_DIR", None)
     env.pop("GIT_WORK_TREE", None)
+    env.pop("GIT_ASKPASS", None)
+    env.pop("SSH_ASKPASS", None)
+    env.pop(ENV_GIT_ORIGIN, None)
     if askpass is not None:
         env["GIT_ASKPASS"] = str(askpass)
-        env.pop("SSH_ASKPASS", None)
     if credentials is not None and credentials.token:
         env[ENV_GIT_TOKEN] = credentials.token
         env[ENV_GIT_USERNAME] = credentials.username or DEFAULT_GIT_USERNAME
     return env
+
+
+@dataclass
+class Guard:
+    """What remote commands need beyond the plain environment (shared by every `Git.at`)."""
+
+    credentials: GitCredentials | None = None
+    origin: str | None = None  # scheme://host the credential is for
+    global_config: bytes = b""
+    sealed: dict[Path, bytes] = field(default_factory=dict)  # clone dir -> its .git/config after cloning
 
 
 @dataclass
@@ -132,22 +217,60 @@ class Git:
 
     cwd: Path
     env: dict[str, str] = field(default_factory=lambda: git_env(None))
+    guard: Guard = field(default_factory=Guard)
 
     def at(self, cwd: Path) -> Git:
-        return Git(cwd=cwd, env=self.env)
+        return Git(cwd=cwd, env=self.env, guard=self.guard)
+
+    def seal(self) -> None:
+        """Remember this clone's config as it is now; restored before every remote command."""
+        config = self.cwd / ".git" / "config"
+        self.guard.sealed[self.cwd.absolute()] = config.read_bytes()
+
+    def _restore(self) -> None:
+        sealed = self.guard.sealed.get(self.cwd.absolute())
+        if sealed is None:
+            return
+        dot_git = self.cwd / ".git"
+        if dot_git.is_symlink() or not dot_git.is_dir():
+            raise GitError(["(workspace check)"], 1, "", "the workspace's .git is no longer the runner's clone")
+        with contextlib.suppress(FileNotFoundError):
+            (dot_git / "commondir").unlink()  # would point git at another repository's config
+        config = dot_git / "config"
+        if config.is_symlink() or config.is_dir():
+            shutil.rmtree(config) if config.is_dir() and not config.is_symlink() else config.unlink()
+        config.write_bytes(sealed)
 
     async def run(self, *args: str, check: bool = True, input: str | None = None) -> GitResult:
         log.debug("git %s (in %s)", " ".join(args), self.cwd)
-        proc = await asyncio.create_subprocess_exec(
-            "git",
-            *args,
-            cwd=str(self.cwd),
-            env=self.env,
-            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate(input.encode() if input is not None else None)
+        network = bool(args) and args[0] in NETWORK_COMMANDS
+        if network:
+            # Nothing the agent left behind may be alive while git holds the credential.
+            await proctree.end_tree(None, None, None)
+        self._restore()
+        private = Path(tempfile.mkdtemp(prefix="makima-git-"))
+        env = self._env_in(private, network)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "git",
+                *args,
+                cwd=str(self.cwd),
+                env=env,
+                stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            proctree.track(proc.pid)
+            try:
+                out, err = await proc.communicate(input.encode() if input is not None else None)
+            except asyncio.CancelledError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                raise
+            finally:
+                proctree.untrack(proc.pid)
+        finally:
+            shutil.rmtree(private, ignore_errors=True)
         result = GitResult(
             proc.returncode if proc.returncode is not None else -1,
             out.decode(errors="replace"),
@@ -156,6 +279,21 @@ class Git:
         if check and result.code != 0:
             raise GitError(args, result.code, result.stdout, result.stderr)
         return result
+
+    def _env_in(self, private: Path, network: bool) -> dict[str, str]:
+        """One command's environment: the global config snapshot; for a remote command a fresh
+        askpass and the token (when there is one for the repository's origin)."""
+        guard = self.guard
+        global_config = private / "gitconfig"
+        global_config.write_bytes(guard.global_config)
+        env = dict(self.env)
+        if network:
+            credentials = guard.credentials if guard.origin else None
+            env = git_env(write_askpass(private), credentials, base=self.env)
+            if guard.origin:
+                env[ENV_GIT_ORIGIN] = guard.origin
+        env["GIT_CONFIG_GLOBAL"] = str(global_config)
+        return env
 
     async def out(self, *args: str) -> str:
         return (await self.run(*args)).stdout.strip()

@@ -161,6 +161,7 @@ class RemoteRefsHost(LocalHost):
             "fetch",
             "-q",
             "--no-tags",
+            "--",
             self.remote,
             f"+{PULLS_REF_PREFIX}*:{PULLS_REF_PREFIX}*",
             f"+refs/heads/{head}:refs/heads/{head}",
@@ -171,7 +172,8 @@ class RemoteRefsHost(LocalHost):
             raise GitHostError(f"cannot read pull requests from {_safe_url(self.remote)}: {fetched.stderr.strip()}")
         info = await super().open_or_update(head, base, title, body, draft)
         refs = [f"{PULLS_REF_PREFIX}{info.number}/{part}" for part in ("head", "meta")]
-        pushed = await self.git.run("push", "-q", "--force", self.remote, *(f"{r}:{r}" for r in refs), check=False)
+        refspecs = [f"{r}:{r}" for r in refs]
+        pushed = await self.git.run("push", "-q", "--force", "--", self.remote, *refspecs, check=False)
         if pushed.code != 0:
             raise GitHostError(f"cannot record the pull request in {_safe_url(self.remote)}: {pushed.stderr.strip()}")
         return info

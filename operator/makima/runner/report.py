@@ -3,16 +3,19 @@
 `ApiReporter` batches events and posts them through `TaskClient` (a background flush
 every `flush_seconds`, or at once when `max_batch` events are waiting). `RedactingReporter`
 wraps any reporter and replaces every known secret (task token, git token) in event
-payloads with `***` — a safety net; the runner itself never puts secrets there.
+payloads with `***`, also base64- and URL-encoded copies of them — a safety net; the runner
+itself never puts secrets there.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Any, Protocol
+from urllib.parse import quote, quote_plus
 
 from ..client import ApiError, TaskClient
 from ..protocol import EventType, TaskEvent
@@ -30,11 +33,39 @@ class Reporter(Protocol):
     async def submit_pull_request(self, url: str, branch: str | None) -> None: ...
 
 
+MIN_ENCODED_CHARS = 8  # an encoded fragment shorter than this is too common to mask safely
+
+
+def encoded_forms(secret: str) -> set[str]:
+    """The secret as it appears inside base64 (standard and URL-safe, at each of the three byte
+    alignments it can have within a longer encoded text) and URL-encoded text."""
+    forms = {quote(secret, safe=""), quote_plus(secret, safe="")}
+    raw = secret.encode()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw)
+        # Characters that depend only on the secret's bytes: skip those mixed with the padding
+        # before it, and the last group (mixed with whatever follows in the longer text).
+        start = (offset * 8 + 5) // 6
+        full = (offset + len(raw)) // 3 * 4
+        core = encoded[start:full].decode()
+        forms.add(core)
+        forms.add(core.translate(_URLSAFE))
+    return {f for f in forms if len(f) >= MIN_ENCODED_CHARS and f != secret}
+
+
+_URLSAFE = str.maketrans("+/", "-_")
+
+
 class Redactor:
-    """Replaces each secret (strings of 4+ characters) with `***`."""
+    """Replaces each secret (strings of 4+ characters) with `***`, and its base64 and
+    URL-encoded forms (see `encoded_forms`) with `***` too."""
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
-        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
+        plain = {s for s in secrets if s and len(s) >= 4}
+        forms = set(plain)
+        for secret in plain:
+            forms |= encoded_forms(secret)
+        self.secrets = sorted(forms, key=len, reverse=True)
 
     def text(self, value: str) -> str:
         for secret in self.secrets:

@@ -2,7 +2,8 @@
 
 `run_task(spec, reporter, workdir)` never raises for a task failure: it returns a failed
 `TaskResult` with a clear message. It sends a heartbeat every `heartbeat_seconds` while it
-runs, and every event goes through a redacting wrapper (task token, git token).
+runs, and every event goes through a redacting wrapper (task token, git token, in plain, base64 and
+URL-encoded forms). How the git token reaches git and nothing else: see `git.py`.
 
 - planning: workspace on a detached HEAD of the start branch; the agent submits steps itself
   (`makima directive batch-add-steps`); success when it exits 0.
@@ -27,7 +28,7 @@ from ..protocol import EventType, Outcome, TaskResult, TaskSpec
 from ..tasks import TaskKind
 from .agent import MODE_CONFLICT, AgentContext, AgentOutcome, run_agent
 from .completion import HostFactory, run_completion
-from .git import Git, GitCredentials, GitError, git_env, write_askpass
+from .git import Git, GitCredentials, GitError, Guard, git_env, global_config_snapshot, origin_of
 from .hosts import GitHost, GitHostError, host_for
 from .report import RedactingReporter, Redactor, Reporter
 from .workspace import ConflictResolver, Workspace, WorkspaceError, conflict_prompt_for, prepare_workspace
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_SECONDS = 10.0
 REPO_DIR = "repo"
-PRIVATE_DIR = ".makima"  # askpass script; beside the clone, never inside it
 
 
 def _failed(message: str, **kw: object) -> TaskResult:
@@ -58,11 +58,14 @@ async def run_task(
     env = dict(os.environ if env is None else env)
     api_url = api_url or env.get(ENV_API_URL)
     task_token = task_token or env.get(ENV_TASK_TOKEN)
-    creds = credentials or GitCredentials.resolve(spec.credentials, env)
+    creds = credentials if credentials is not None and credentials.token else None
+    creds = creds or GitCredentials.resolve(spec.credentials, env)
     redactor = Redactor([task_token, creds.token, *(spec.credentials or {}).values()])
     rep = RedactingReporter(reporter, redactor)
-    workdir, askpass = _prepare_dir(workdir)
-    git = Git(cwd=workdir, env=git_env(askpass, creds, base=env))
+    workdir = _prepare_dir(workdir)
+    origin = origin_of(spec.workspace.repo_url)
+    guard = Guard(credentials=creds, origin=origin, global_config=global_config_snapshot(env))
+    git = Git(cwd=workdir, env=git_env(None, base=env), guard=guard)
     context = AgentContext(
         task_id=spec.task_id,
         kind=spec.kind.value,
@@ -124,10 +127,10 @@ async def run_task(
     return result
 
 
-def _prepare_dir(workdir: Path) -> tuple[Path, Path]:
+def _prepare_dir(workdir: Path) -> Path:
     workdir = workdir.absolute()
     workdir.mkdir(parents=True, exist_ok=True)
-    return workdir, write_askpass(workdir / PRIVATE_DIR)
+    return workdir
 
 
 async def _heartbeats(reporter: Reporter, seconds: float) -> None:

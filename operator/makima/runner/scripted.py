@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ..protocol import StepSubmission
 
@@ -103,12 +103,15 @@ class Script(_Model):
 
     def planned(self, generation: int) -> list[StepSubmission]:
         raw = self.plan if generation <= 1 else self.replan.get(generation, [])
-        return [StepSubmission.model_validate(s) for s in raw]
+        return _STEPS.validate_python(raw)  # problems located as (index, field)
 
     def step(self, name: str | None) -> StepScript:
         if name and name in self.steps:
             return self.steps[name]
         return self.default or StepScript()
+
+
+_STEPS: TypeAdapter[list[StepSubmission]] = TypeAdapter(list[StepSubmission])
 
 
 class ScriptError(Exception):
@@ -190,7 +193,14 @@ def run_script(script: Script, env: Mapping[str, str], root: Path) -> int:
     if kind == "planning":
         from .cli import submit_steps_or_report
 
-        steps = script.planned(generation)
+        try:
+            steps = script.planned(generation)
+        except ValidationError as exc:  # one line per problem, never a traceback in the task's status
+            print(f"scripted agent: the script's plan is invalid ({exc.error_count()} problem(s)):", file=sys.stderr)
+            for e in exc.errors():
+                where = ".".join(str(x) for x in e["loc"])
+                print(f"  • step {where}: {e['msg']}", file=sys.stderr)
+            return EXIT_BAD_SCRIPT
         if not steps and generation >= 2 and generation in script.replan:
             return submit_steps_or_report([], final=True)
         if not steps:

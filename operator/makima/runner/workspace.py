@@ -76,11 +76,13 @@ async def clone(git: Git, repo_url: str, dest: Path, reporter: Reporter) -> Git:
     await reporter.event(EventType.GIT, {"action": "clone", "message": "cloning the repository"})
     try:
         await git.at(dest.parent).run(
-            "clone", "--filter=blob:none", "--no-checkout", "--origin", REMOTE, repo_url, str(dest)
+            "clone", "--filter=blob:none", "--no-checkout", "--origin", REMOTE, "--", repo_url, str(dest)
         )
     except GitError as exc:
         raise WorkspaceError(f"cannot clone the repository: {exc.stderr.strip()[-1000:]}") from exc
-    return git.at(dest)
+    repo = git.at(dest)
+    repo.seal()
+    return repo
 
 
 async def require_remote_branch(git: Git, branch: str, what: str) -> str:

@@ -12,8 +12,12 @@ What a pod gets, instead of a container:
   NOT honoured — each volume's directory is in env `MAKIMA_SANDBOX_MOUNT_<VOLUME_NAME>`
   (upper-cased, `-` -> `_`).
 One pod at a time per Job (completions/parallelism > 1 are not emulated). A failed pod is
-replaced until `backoffLimit` failures; `activeDeadlineSeconds` kills the process group.
-Deleting the Job or its pod kills the process group.
+replaced until `backoffLimit` failures; `activeDeadlineSeconds` kills the pod.
+Killing a pod (Job or pod deleted, deadline) is what a kubelet does: SIGTERM to the main
+process's group, a grace period, SIGKILL. And when a pod's main process ends, for whatever
+reason, every process of the pod ends with it, as with a container's PID namespace: each pod
+process carries `MAKIMA_SANDBOX_POD=<pod uid>` in its environment, and whatever still carries
+it (an agent in its own session, its background children) is killed.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..runner.proctree import end_marked
 from . import podenv
 from .cluster import Cluster, now_iso
 from .errors import ApiError
@@ -39,6 +44,7 @@ from .store import Event
 
 log = logging.getLogger(__name__)
 
+ENV_POD = "MAKIMA_SANDBOX_POD"
 JOBS = ("batch", "jobs")
 PODS = ("", "pods")
 
@@ -321,11 +327,12 @@ class JobController:
                 )
                 return "DeadlineExceeded"
         except asyncio.CancelledError:
-            await self._kill(proc)
+            await asyncio.shield(self._kill(proc))
             self._logs[(ns, name)] = (logfile, False)
             raise
         finally:
             self._procs.pop((ns, name), None)
+            await asyncio.shield(self._teardown(pod))
         reason = "Completed" if code == 0 else "Error"
         return self._finish(pod, cname, container, started, code, reason, "", logfile)
 
@@ -367,6 +374,12 @@ class JobController:
         )
         return phase
 
+    async def _teardown(self, pod: dict[str, Any]) -> None:
+        """The pod's main process is gone: nothing else of the pod may live on."""
+        survivors = await end_marked(ENV_POD, pod["metadata"]["uid"], grace=self.kill_grace)
+        if survivors:
+            log.warning("pod %s: processes survived SIGKILL: %s", pod["metadata"]["name"], sorted(survivors))
+
     async def _kill(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the process group, then SIGKILL after a short grace."""
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -404,6 +417,7 @@ class JobController:
             "HOSTNAME": pod["metadata"]["name"],
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             **self.env,
+            ENV_POD: pod["metadata"]["uid"],
         }
         data = self._data(pod)
         volumes = podenv.write_volumes(pod, data, root / "volumes")

@@ -156,4 +156,20 @@ def validate(obj: dict[str, Any], schema: dict[str, Any]) -> list[dict[str, str]
         js["required"] = [r for r in js["required"] if r not in _ROOT_KEEP]
     validator = jsonschema.Draft202012Validator(js, format_checker=jsonschema.FormatChecker())
     errors = sorted(validator.iter_errors(subject), key=lambda e: list(map(str, e.absolute_path)))
-    return [_cause(e) for e in errors]
+    return _name_causes(obj, schema) + [_cause(e) for e in errors]
+
+
+def _name_causes(obj: dict[str, Any], schema: dict[str, Any]) -> list[dict[str, str]]:
+    """The one metadata restriction a CRD schema may make: metadata.name's length."""
+    name_schema = ((schema.get("properties") or {}).get("metadata") or {}).get("properties", {}).get("name") or {}
+    limit = name_schema.get("maxLength")
+    name = (obj.get("metadata") or {}).get("name")
+    if limit is None or not isinstance(name, str) or len(name) <= limit:
+        return []
+    return [
+        {
+            "reason": "FieldValueTooLong",
+            "message": f"Too long: may not be more than {limit} bytes",
+            "field": "metadata.name",
+        }
+    ]
