@@ -38,7 +38,9 @@ import aiohttp
 import yaml
 from aiohttp import web
 
+from makima.runner.proctree import end_marked
 from makima.sandbox import podenv
+from makima.sandbox.jobs import ENV_POD
 
 log = logging.getLogger("node-agent")
 
@@ -281,6 +283,10 @@ class NodeAgent:
         finally:
             self.procs.pop(uid, None)
             self.names.pop(uid, None)
+            # Nothing of a pod outlives its main process (a container's PID namespace ends with it).
+            survivors = await end_marked(ENV_POD, uid, grace=self.kill_grace)
+            if survivors:
+                log.warning("pod %s: processes survived SIGKILL: %s", meta["name"], sorted(survivors))
         reason = "Completed" if code == 0 else "Error"
         await self.finish(pod, container, started, 128 - code if code < 0 else code, reason, "")
 
@@ -379,6 +385,7 @@ class NodeAgent:
             "HOME": str(root / "home"),
             "HOSTNAME": pod["metadata"]["name"],
             "LANG": os.environ.get("LANG", "C.UTF-8"),
+            ENV_POD: pod["metadata"]["uid"],  # marks every process of the pod, for its teardown
         }
         data = await self.data(pod)
         volumes = podenv.write_volumes(pod, data, root / "volumes")
