@@ -285,6 +285,9 @@ def plot(scale: dict[str, Any] | None, controller: list[dict[str, Any]] | None, 
         ax.set_title(f"P3: one operator process (load {scale['load'][0]:.1f})")
         ax.legend(loc="upper left", fontsize=8)
         ax2.legend(loc="upper right", fontsize=8)
+    else:
+        axes[0].text(0.5, 0.5, "the scale benchmark did not finish", ha="center", va="center")
+        axes[0].set_axis_off()
     if controller:
         ax = axes[1]
         xs = [r["n"] for r in controller]
