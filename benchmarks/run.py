@@ -57,11 +57,17 @@ def run_script(name: str, args: list[str], out: Path, timeout: float) -> dict[st
         proc = subprocess.run(cmd, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         print(f"{name}: timed out after {timeout:.0f} s", flush=True)
+        if out.exists():
+            data: dict[str, Any] = json.loads(out.read_text())
+            data["complete"] = False
+            return data
         return None
     print(f"=== {name}: exit {proc.returncode} in {time.perf_counter() - started:.0f} s", flush=True)
-    if proc.returncode != 0 or not out.exists():
+    if not out.exists():
         return None
     data: dict[str, Any] = json.loads(out.read_text())
+    if proc.returncode != 0:
+        data["complete"] = False  # the figures it saved before failing are still reported
     return data
 
 
@@ -193,6 +199,8 @@ def scale_figures(d: dict[str, Any]) -> list[Figure]:
                 load=load,
             ),
         ]
+    if not d.get("complete", True):
+        return figs  # interrupted before the restart
     figs.append(
         Figure(
             f"start-up with {d['startup_directives']} directives: process start -> kopf ready",
@@ -277,6 +285,9 @@ def plot(scale: dict[str, Any] | None, controller: list[dict[str, Any]] | None, 
         ax.set_title(f"P3: one operator process (load {scale['load'][0]:.1f})")
         ax.legend(loc="upper left", fontsize=8)
         ax2.legend(loc="upper right", fontsize=8)
+    else:
+        axes[0].text(0.5, 0.5, "the scale benchmark did not finish", ha="center", va="center")
+        axes[0].set_axis_off()
     if controller:
         ax = axes[1]
         xs = [r["n"] for r in controller]
@@ -318,7 +329,7 @@ def main() -> None:
             sizes = ["--full"] if args.full else ["--sizes", *map(str, args.scale_sizes)]
             scale = run_script("scale.py", sizes, tmp / "scale.json", 7200 if args.full else 1500)
             figs += scale_figures(scale) if scale else []
-            failed += [] if scale else ["scale"]
+            failed += [] if scale and scale.get("complete", True) else ["scale"]
         if "controller" in args.only:
             load = os.getloadavg()[0]
             d = run_script("controller.py", ["--sizes", "100", "500", "2000"], tmp / "controller.json", 900)

@@ -405,13 +405,26 @@ class ScaleResult:
     first_start_seconds: float = 0.0
     points: list[SizePoint] = field(default_factory=list)
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    complete: bool = False  # False: interrupted; what was measured so far is kept
 
 
 async def run(
-    sizes: list[int], steps: int, idle_ticks: int, root: Path, skip_p5: bool = False, profile: Path | None = None
+    sizes: list[int],
+    steps: int,
+    idle_ticks: int,
+    root: Path,
+    skip_p5: bool = False,
+    profile: Path | None = None,
+    out: Path | None = None,
 ) -> ScaleResult:
     res = ScaleResult()
     rig = Rig(root, profile)
+
+    def save() -> None:  # after each figure, so an interrupted run still leaves its figures
+        res.load = os.getloadavg()
+        if out is not None:
+            out.write_text(json.dumps(asdict(res), indent=2))
+
     try:
         await rig.start()
         res.first_start_seconds = await rig.start_operator()
@@ -420,6 +433,7 @@ async def run(
             res.p5_200_seconds = await plan_dispatch(rig, "plan-200", roots=10, total=200, parallel=64)
             res.p5_10_seconds = await plan_dispatch(rig, "plan-10", roots=10, total=10, parallel=64)
             print(f"P5: 200 steps {res.p5_200_seconds:.2f} s, 10 steps {res.p5_10_seconds:.2f} s", flush=True)
+            save()
             for name in ("plan-200", "plan-10"):
                 await rig.request("DELETE", f"{GROUP_PATH}/directives/{name}")
             await rig.wait_gone("plan-")
@@ -428,6 +442,7 @@ async def run(
             point = await grow_to(rig, start, size, steps, idle_ticks)
             start = size
             res.points.append(point)
+            save()
             print(
                 f"P3: {size} x {steps}: ingest {point.ingest_seconds:.0f} s, idle {point.idle_cpu_per_tick:.2f} "
                 f"CPU s/tick, RSS {point.rss_mib:.0f} MiB",
@@ -438,15 +453,16 @@ async def run(
         res.startup_directives = sizes[-1] if sizes else 0
         res.startup_seconds = await rig.start_operator()
         print(f"start-up with {res.startup_directives} directives: {res.startup_seconds:.2f} s", flush=True)
+        res.complete = True
+        save()
     finally:
-        res.load = os.getloadavg()
         await rig.close()
     return res
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[10, 30, 60])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[10, 30, 60])
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--idle-ticks", type=int, default=2)
     parser.add_argument("--full", action="store_true", help="the issue's sizes: 100, 500, 2,000 directives x 25")
@@ -460,7 +476,7 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="makima-scale-"))
     os.chmod(root, 0o755)
     try:
-        res = asyncio.run(run(args.sizes, args.steps, args.idle_ticks, root, args.skip_p5, args.profile))
+        res = asyncio.run(run(args.sizes, args.steps, args.idle_ticks, root, args.skip_p5, args.profile, args.json))
     except BaseException:
         log = root / "operator.log"
         if log.exists():
@@ -468,10 +484,7 @@ def main() -> None:
         raise
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    out = asdict(res)
-    print(json.dumps(out, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+    print(json.dumps(asdict(res), indent=2))
 
 
 if __name__ == "__main__":
