@@ -23,11 +23,10 @@ from makima.daemon_cli import daemon_token_secret
 from makima.runtime import Operator
 from makima.tasks import Task, TaskKind, TaskState
 
-from .conftest import Api, OperatorFactory, git, scripted
+from .conftest import LOADED, Api, OperatorFactory, git, scripted
 
 MAKIMA = str(Path(sys.executable).with_name("makima"))
 DAEMON_TOKEN = "daemon-token-of-default-0123456789"
-LOADED = 180.0  # deadline for a condition on a loaded machine (not an expected duration)
 
 # A diamond: b and c start from a, d merges b and c.
 DIAMOND: dict[str, Any] = {
