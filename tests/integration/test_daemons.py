@@ -23,11 +23,10 @@ from makima.daemon_cli import daemon_token_secret
 from makima.runtime import Operator
 from makima.tasks import Task, TaskKind, TaskState
 
-from .conftest import Api, OperatorFactory, git, scripted
+from .conftest import LOADED, Api, OperatorFactory, git, scripted
 
 MAKIMA = str(Path(sys.executable).with_name("makima"))
 DAEMON_TOKEN = "daemon-token-of-default-0123456789"
-LOADED = 180.0  # deadline for a condition on a loaded machine (not an expected duration)
 
 # A diamond: b and c start from a, d merges b and c.
 DIAMOND: dict[str, Any] = {
@@ -338,14 +337,14 @@ async def test_daemon_mode_waits_for_a_daemon_and_starts_when_one_connects(
     script = {"plan": [{"name": "only", "title": "only step"}], "steps": {"only": {"files": {"only.txt": "1\n"}}}}
     await api.apply_directive(scripted("patient", origin, script, execution={"mode": "Daemon"}))
     waiting = await api.wait_for(
-        "patient", lambda d: "waiting for a daemon" in d.get("status", {}).get("message", ""), timeout=10
+        "patient", lambda d: "waiting for a daemon" in d.get("status", {}).get("message", ""), timeout=LOADED
     )
     assert waiting["status"]["phase"] == "Planning"
     await asyncio.sleep(1.5)  # several timer ticks: nothing may start without a daemon
     assert await tasks_of(op, api, "patient") == []
 
     async with daemon_process(op, tmp_path, "late", capacity=1):
-        done = await api.wait_for("patient", finished, timeout=20, what="patient to finish")
+        done = await api.wait_for("patient", finished, timeout=LOADED, what="patient to finish")
     assert done["status"]["phase"] == "Completed", done["status"]
     tasks = await tasks_of(op, api, "patient")
     assert len(tasks) == 3 and {(t.executor, t.state) for t in tasks} == {("daemon", TaskState.SUCCEEDED)}
