@@ -22,6 +22,7 @@ function el(tag, attrs, ...children) {
     if (v === null || v === undefined || v === false) continue;
     if (k === "class") node.className = v;
     else if (k === "text") node.textContent = v;
+    else if (k === "style") node.style.cssText = v;  // CSSOM: allowed by the page's CSP, unlike a style attribute
     else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
     else node.setAttribute(k, v === true ? "" : String(v));
   }
@@ -242,10 +243,10 @@ function directiveView(namespace, name, openStep) {
     svgRoot.setAttribute("height", Math.ceil(data.layout.height * zoom.value));
   }
 
-  function fit() {
+  function fit(floor) {
     if (!data.layout) return;
     const w = dagWrap.clientWidth - 4;
-    setZoom(Math.max(0.2, Math.min(1, w / data.layout.width)));
+    setZoom(Math.max(floor || 0.2, Math.min(1, w / data.layout.width)));
   }
 
   function renderHeader() {
@@ -463,7 +464,7 @@ function directiveView(namespace, name, openStep) {
       data.layout = g.layout;
       data.generations = g.generations;
       renderGraph();
-      if (first) fit();
+      if (first) fit(0.7);  // a big graph opens readable, and scrolls; "fit" shows it whole
       renderHeader();
       if (data.selected) { stepPanel.hidden = false; renderStep(null, !stepPanel.querySelector("pre.log")); }
     },
