@@ -241,4 +241,6 @@ class EventReader:
                 data = _json_or_none(text)
                 return data if isinstance(data, dict) else {"events": [], "nextSince": since}
         except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-            raise ApiError(0, ErrorBody(error=f"cannot reach the operator API at {self.api_url}: {_describe(exc)}")) from exc
+            raise ApiError(
+                0, ErrorBody(error=f"cannot reach the operator API at {self.api_url}: {_describe(exc)}")
+            ) from exc

@@ -416,7 +416,9 @@ class UserKube:
             **_selectors(label_selector, field_selector),
         }
         w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
-        stream = w.stream(self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural, **kwargs)
+        stream = w.stream(  # type: ignore[no-untyped-call]
+            self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural, **kwargs
+        )
         try:
             while True:
                 event = self._call(lambda: next(stream, None))

@@ -22,7 +22,6 @@ from .conftest import READER_TOKEN, DashboardFactory
 pytestmark = pytest.mark.slow
 
 
-
 def keep_screenshots(shots: Path) -> None:
     """Also copy the screenshots to $MAKIMA_SCREENSHOTS_DIR when set (how docs/images/ is refreshed)."""
     target = os.environ.get("MAKIMA_SCREENSHOTS_DIR")
@@ -30,6 +29,7 @@ def keep_screenshots(shots: Path) -> None:
         Path(target).mkdir(parents=True, exist_ok=True)
         for shot in shots.iterdir():
             shutil.copy(shot, Path(target) / shot.name)
+
 
 # The agent: say which step it is, hold `core` until the test's gate file exists, then run
 # the scripted agent (which reads the example's script from MAKIMA_AGENT_SCRIPT).

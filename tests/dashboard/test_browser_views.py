@@ -32,7 +32,7 @@ def directive(name: str, title: str) -> dict[str, Any]:
 
 
 def big_plan(layers: int = 10, width: int = 20, seed: int = 7) -> list[dict[str, Any]]:
-    """layers × width steps; each depends on one to three steps of the layer before."""
+    """layers x width steps; each depends on one to three steps of the layer before."""
     rng = random.Random(seed)
     steps = []
     for layer in range(layers):
@@ -43,7 +43,11 @@ def big_plan(layers: int = 10, width: int = 20, seed: int = 7) -> list[dict[str,
                     "name": f"s{layer:02d}-{i:02d}",
                     "dependsOn": [f"s{layer - 1:02d}-{d:02d}" for d in deps],
                     "orderIndex": layer,
-                    "phase": "Succeeded" if layer < 4 else ("Failed" if i == 3 else "Running") if layer == 4 else "Pending",
+                    "phase": "Succeeded"
+                    if layer < 4
+                    else ("Failed" if i == 3 else "Running")
+                    if layer == 4
+                    else "Pending",
                 }
             )
     return steps

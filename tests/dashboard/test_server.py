@@ -95,3 +95,73 @@ async def test_guards_stream_and_secrecy(
                 seen.append(await r.text())
         assert all(SECRET not in text for text in seen)
     assert SECRET not in repr(EventReader("http://x", SECRET))
+
+
+def test_the_dashboard_command(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from makima.cli import app
+
+    result = CliRunner().invoke(app, ["dashboard", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "127.0.0.1:8765" in result.output and "--reader-token-file" in result.output
+    missing = tmp_path / "missing-token"
+    result = CliRunner().invoke(app, ["dashboard", "--reader-token-file", str(missing)], env={"COLUMNS": "200"})
+    assert result.exit_code == 1
+    assert f"cannot read the reader token file {missing}" in result.output
+
+
+async def test_demo_keep_prints_the_dashboard_command(tmp_path: Path) -> None:
+    import io
+
+    from rich.console import Console
+
+    from makima.demo import _keep_running
+
+    out = io.StringIO()
+    done = asyncio.Event()
+    done.set()
+    line = "makima dashboard --kubeconfig k --api-url http://127.0.0.1:1 --reader-token-file t"
+    await _keep_running(Console(file=out, width=200), tmp_path / "k", "default", "greeter", done, line)
+    assert line in out.getvalue()
+
+
+async def test_the_demo_stack_gives_the_dashboard_a_reader_token_the_operator_accepts(
+    pg_dsn: str, tmp_path: Path
+) -> None:
+    import io
+    import shlex
+
+    from rich.console import Console
+
+    from makima.demo import DemoOptions, local_stack
+
+    opts = DemoOptions(state_dir=tmp_path / "state", database_url=pg_dsn, live=False)
+    async with local_stack(opts, Console(file=io.StringIO())) as run:
+        assert run.dashboard is not None
+        argv = shlex.split(run.dashboard)
+        assert argv[:2] == ["makima", "dashboard"]
+        flags = dict(zip(argv[2::2], argv[3::2], strict=True))
+        assert flags["--kubeconfig"] == str(run.kubeconfig)
+        token_file = Path(flags["--reader-token-file"])
+        assert token_file.stat().st_mode & 0o077 == 0  # only the owner reads it
+        token = token_file.read_text()
+        assert token not in run.dashboard
+        reader = EventReader(flags["--api-url"], token)
+        try:
+            # The operator accepts the token: an unknown task is 404, not 401/403.
+            try:
+                await reader.events("00000000-0000-0000-0000-000000000000")
+            except Exception as exc:
+                assert getattr(exc, "status", None) == 404, exc
+            else:
+                raise AssertionError("an unknown task was found")
+            bad = EventReader(flags["--api-url"], "wrong-token")
+            try:
+                await bad.events("00000000-0000-0000-0000-000000000000")
+            except Exception as exc:
+                assert getattr(exc, "status", None) in (401, 403), exc
+            finally:
+                await bad.close()
+        finally:
+            await reader.close()

@@ -62,10 +62,13 @@ def test_layout_places_every_node_once_without_overlap_and_edges_point_right(nod
     placed = {p["name"]: p for p in lay["nodes"]}
     assert set(placed) == {n["name"] for n in nodes}
     spots = {(p["x"], p["y"]) for p in lay["nodes"]}
-    assert len(spots) == len(nodes)  # one cell each; cells are NODE_W × NODE_H apart at least
+    assert len(spots) == len(nodes)  # one cell each; cells are NODE_W by NODE_H apart at least
     for a, b in lay["edges"]:
         assert placed[a]["x"] + lay["nodeWidth"] <= placed[b]["x"]
-    assert all(p["x"] + lay["nodeWidth"] <= lay["width"] and p["y"] + lay["nodeHeight"] <= lay["height"] for p in placed.values())
+    assert all(
+        p["x"] + lay["nodeWidth"] <= lay["width"] and p["y"] + lay["nodeHeight"] <= lay["height"]
+        for p in placed.values()
+    )
     assert len(lay["edges"]) == sum(len(n["dependsOn"]) for n in nodes)
 
 
@@ -99,7 +102,12 @@ def test_attempt_summary_from_the_task_log() -> None:
         },
     ]
     done = shape.attempt_summary(1, "t1", events)
-    assert (done["outcome"], done["duration"], done["message"], done["commit"]) == ("failed", 4.0, "tests failed", "abc")
+    assert (done["outcome"], done["duration"], done["message"], done["commit"]) == (
+        "failed",
+        4.0,
+        "tests failed",
+        "abc",
+    )
     running = shape.attempt_summary(2, "t2", events[:2])
     assert (running["outcome"], running["duration"]) == ("running", 2.5)
     assert shape.attempt_summary(3, "t3", [])["outcome"] == "no events"

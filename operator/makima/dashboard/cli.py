@@ -22,9 +22,9 @@ Every asset is shipped in the package: no network access beyond the two APIs.
 
 
 def dashboard(
-    host: Annotated[str, typer.Option(help="Address to listen on (keep it loopback: actions use your credentials).")] = (
-        "127.0.0.1"
-    ),
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (keep it loopback: actions use your credentials).")
+    ] = ("127.0.0.1"),
     port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).", min=0, max=65535)] = 8765,
     api_url: Annotated[
         str | None, typer.Option("--api-url", envvar="MAKIMA_API_URL", help="Operator API base URL, for step logs.")

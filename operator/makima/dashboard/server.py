@@ -96,9 +96,7 @@ class Dashboard:
         self.kube = kube
         self.settings = settings
         self.reader = (
-            EventReader(settings.api_url, settings.reader_token)
-            if settings.api_url and settings.reader_token
-            else None
+            EventReader(settings.api_url, settings.reader_token) if settings.api_url and settings.reader_token else None
         )
 
     # ---- the application -------------------------------------------------------------------
@@ -267,11 +265,21 @@ class Dashboard:
         timeout = self.settings.watch_timeout
         watches = [
             Watch(
-                self.kube, queue, "d", DIRECTIVES, namespace, field_selector=f"metadata.name={name}",
+                self.kube,
+                queue,
+                "d",
+                DIRECTIVES,
+                namespace,
+                field_selector=f"metadata.name={name}",
                 timeout_seconds=timeout,
             ),
             Watch(
-                self.kube, queue, "s", STEPS, namespace, label_selector=f"{LABEL_DIRECTIVE}={name}",
+                self.kube,
+                queue,
+                "s",
+                STEPS,
+                namespace,
+                label_selector=f"{LABEL_DIRECTIVE}={name}",
                 timeout_seconds=timeout,
             ),
         ]
@@ -288,7 +296,9 @@ class Dashboard:
             try:
                 found = await asyncio.to_thread(self.kube.list_events, namespace, name, "Directive")
             except KubeError as exc:
-                await self._send(resp, "events", {"items": [], "problem": kube_message(exc, "list", "events", namespace)})
+                await self._send(
+                    resp, "events", {"items": [], "problem": kube_message(exc, "list", "events", namespace)}
+                )
                 return
             except Exception:
                 return

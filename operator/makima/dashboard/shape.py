@@ -6,7 +6,7 @@ documents: a directive row, a step node, the DAG's layout, a step's attempts. No
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -120,9 +120,7 @@ def step_node(step: Mapping[str, Any]) -> dict[str, Any]:
 
 def structure_key(nodes: Iterable[Mapping[str, Any]]) -> tuple[tuple[str, tuple[str, ...], int, int], ...]:
     """What the layout depends on: when it is unchanged, only colours and labels need updating."""
-    return tuple(
-        sorted((n["name"], tuple(n["dependsOn"]), n["orderIndex"], n["generation"]) for n in nodes)
-    )
+    return tuple(sorted((n["name"], tuple(n["dependsOn"]), n["orderIndex"], n["generation"]) for n in nodes))
 
 
 def columns(nodes: Iterable[Mapping[str, Any]]) -> dict[str, int]:
@@ -154,7 +152,7 @@ def columns(nodes: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return depth
 
 
-def layout(nodes: list[Mapping[str, Any]]) -> dict[str, Any]:
+def layout(nodes: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Positions for the SVG: columns by dependency depth, rows ordered by orderIndex then by the
     mean row of the dependencies (fewer crossings), then by name. Edges go dependency → step."""
     col = columns(nodes)
@@ -236,7 +234,7 @@ def _parse_time(value: Any) -> datetime | None:
         return None
 
 
-def attempt_summary(number: int, task_id: str, events: list[Mapping[str, Any]]) -> dict[str, Any]:
+def attempt_summary(number: int, task_id: str, events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """An attempt from its task's event log: outcome, duration, branch, commit, message.
 
     The outcome is the `result` event's (succeeded/failed); without one the attempt is running
