@@ -117,6 +117,6 @@ async def test_a_directive_runs_live_in_the_browser(
 
     assert await page.evaluate("window.__noReload") == "same page", "the page was reloaded"
     assert READER_TOKEN not in await page.content()
-    await page.screenshot(path=str(shots / "dag-6.png"), full_page=True)
+    await page.screenshot(path=str(shots / "dag-6.png"))
     keep_screenshots(shots)
     assert not [m for m in messages if "error" in m.lower()], messages

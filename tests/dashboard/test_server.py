@@ -144,8 +144,9 @@ async def test_the_demo_stack_gives_the_dashboard_a_reader_token_the_operator_ac
         flags = dict(zip(argv[2::2], argv[3::2], strict=True))
         assert flags["--kubeconfig"] == str(run.kubeconfig)
         token_file = Path(flags["--reader-token-file"])
-        assert token_file.stat().st_mode & 0o077 == 0  # only the owner reads it
-        token = token_file.read_text()
+        mode = (await asyncio.to_thread(token_file.stat)).st_mode
+        assert mode & 0o077 == 0  # only the owner reads it
+        token = await asyncio.to_thread(token_file.read_text)
         assert token not in run.dashboard
         reader = EventReader(flags["--api-url"], token)
         try:
