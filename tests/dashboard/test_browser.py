@@ -115,6 +115,13 @@ async def test_a_directive_runs_live_in_the_browser(
     # The attempts table was read from the task log: one succeeded attempt for core.
     await page.locator('#attempts tr[data-attempt="1"] .phase[data-phase="Succeeded"]').wait_for(timeout=30_000)
 
+    # The planning task's log opens from the plan panel (the agent said which step it ran: none).
+    await page.locator("#planning-task").click()
+    await page.locator('#task-heading:has-text("planning task")').wait_for()
+    await page.locator('#log:has-text("agent: step none starting")').wait_for(timeout=30_000)
+    await core.click()
+    await page.locator('#log:has-text("core: gate open")').wait_for(timeout=30_000)
+
     assert await page.evaluate("window.__noReload") == "same page", "the page was reloaded"
     assert READER_TOKEN not in await page.content()
     await page.screenshot(path=str(shots / "dag-6.png"))

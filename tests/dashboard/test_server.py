@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,14 @@ from .conftest import DashboardFactory
 from .test_browser_views import directive, put_steps
 
 SECRET = "never-show-this-reader-token"
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
 
 
 async def read_sse(resp: aiohttp.ClientResponse, want: int) -> list[tuple[str, Any]]:
@@ -72,7 +82,8 @@ async def test_guards_stream_and_secrecy(
             assert r.status == 200
             assert "default-src 'none'" in r.headers["Content-Security-Policy"]
 
-        # The list streams a snapshot, then each change.
+        # The list streams a snapshot, then each change, from a watch in a thread of its own...
+        before = set(threading.enumerate())
         async with http.get(url + "/api/watch/directives?namespace=default") as r:
             assert r.headers["Content-Type"].startswith("text/event-stream")
             (first,) = await read_sse(r, 1)
@@ -80,6 +91,10 @@ async def test_guards_stream_and_secrecy(
             await api.apply_directive(directive("two", "Second"))
             (added,) = await read_sse(r, 1)
             assert added[0] == "directive" and added[1]["name"] == "two"
+            watchers = [t for t in set(threading.enumerate()) - before if t.name.startswith("dashboard-watch-")]
+            assert len(watchers) == 1, watchers
+        # ...which ends once the page has gone (at the watch's next event or bookmark).
+        await wait_until(lambda: not watchers[0].is_alive(), "the watch thread to end")
 
         # A step's attempts need the operator API: its failure is reported, the token is not.
         async with http.get(url + "/api/step?name=one&step=a") as r:

@@ -243,7 +243,7 @@ class Dashboard:
                         await self._send(resp, "problem", self._problem(change, "list directives", namespace))
                     else:
                         await self._send(resp, "directive", shape.directive_row(change.obj))
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the page went away (a cancellation ends the handler too)
             pass
         finally:
             watch.stop()
@@ -355,7 +355,7 @@ class Dashboard:
                         for obj_name in dict.fromkeys(steps_changed):
                             if obj_name in steps:
                                 await self._send(resp, "step", shape.step_node(steps[obj_name]))
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the page went away (a cancellation ends the handler too)
             pass
         finally:
             for w in watches:
@@ -482,7 +482,7 @@ class Dashboard:
                 if idle >= PING_SECONDS:
                     idle = 0.0
                     await resp.write(b": ping\n\n")
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the page went away (a cancellation ends the handler too)
             pass
         return resp
 
@@ -536,7 +536,11 @@ async def start(kube: UserKube, settings: DashboardSettings) -> tuple[web.AppRun
     """Serve the dashboard in the running loop; returns the runner (cleanup() stops it) and URL.
     Port 0 picks a free port (settings.port is updated)."""
     dashboard = Dashboard(kube, settings)
-    runner = web.AppRunner(dashboard.make_app(), handle_signals=False, access_log=None, shutdown_timeout=1.0)
+    # handler_cancellation: a page that goes away cancels its stream's handler at once, which
+    # stops its watches (otherwise only the next write would notice).
+    runner = web.AppRunner(
+        dashboard.make_app(), handle_signals=False, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+    )
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()

@@ -281,8 +281,8 @@ function directiveView(namespace, name, openStep) {
       el("div", { class: "panel", id: "plan-panel" }, el("h2", { text: "plan" }),
         kv([
           ["generation", String(d.planGeneration)],
-          ["planning task", d.planningTask ? el("code", { text: d.planningTask }) : null],
-          ["completion task", d.completionTask ? el("code", { text: d.completionTask }) : null],
+          ["planning task", d.planningTask ? el("a", { href: "#", id: "planning-task", class: "mono", text: d.planningTask, onclick: (e) => { e.preventDefault(); openTask("planning task", d.planningTask); } }) : null],
+          ["completion task", d.completionTask ? el("a", { href: "#", id: "completion-task", class: "mono", text: d.completionTask, onclick: (e) => { e.preventDefault(); openTask("completion task", d.completionTask); } }) : null],
           ["started", d.startedAt ? `${age(d.startedAt)} ago` : null],
           ["message", d.message],
         ]),
@@ -401,6 +401,8 @@ function directiveView(namespace, name, openStep) {
         })),
         el("h2", { class: "small muted", text: "attempts" }),
         el("table", { id: "attempts" }, el("tbody", {})),
+        el("h2", { class: "small muted", text: "events" }),
+        el("table", { id: "s-events" }, el("tbody", {})),
         el("h2", { class: "small muted", text: "log" }),
         el("pre", { class: "log", id: "log" }));
     }
@@ -431,7 +433,24 @@ function directiveView(namespace, name, openStep) {
       if (body.problem) rows.push(el("tr", {}, el("td", { colspan: 5, class: "muted small", text: body.problem })));
       if (!rows.length) rows.push(el("tr", {}, el("td", { class: "muted", text: "not started yet" })));
       tbody.replaceChildren(...rows);
+      const events = document.querySelector("#s-events tbody");
+      if (events) events.replaceChildren(...body.events.map((e) => el("tr", {},
+        el("td", { class: "small", text: e.last ? age(e.last) : "" }), el("td", { class: "small", text: e.reason }),
+        el("td", { class: "small", text: e.message }))));
     } catch (e) { /* the next change reloads it */ }
+  }
+
+  function followLog(pre, params) {
+    const source = stream("/api/watch/log", { namespace, name, ...params }, {
+      lines: (d) => {
+        const stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+        pre.append(d.lines.join("\n") + "\n");
+        if (stick) pre.scrollTop = pre.scrollHeight;
+      },
+      end: () => { source.close(); },
+      problem: (p) => pre.append(`[dashboard] ${p.message}\n`),
+    });
+    data.log = { task: params.task, source };
   }
 
   function openLog(n) {
@@ -442,16 +461,21 @@ function directiveView(namespace, name, openStep) {
     if (data.log) pre.append(`--- attempt ${n.attempts} (task ${n.task}) ---\n`);
     else pre.textContent = "";
     closeLog();
-    const source = stream("/api/watch/log", { namespace, name, step: n.name, task: n.task }, {
-      lines: (d) => {
-        const stick = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
-        pre.append(d.lines.join("\n") + "\n");
-        if (stick) pre.scrollTop = pre.scrollHeight;
-      },
-      end: () => { source.close(); },
-      problem: (p) => pre.append(`[dashboard] ${p.message}\n`),
-    });
-    data.log = { task: n.task, source };
+    followLog(pre, { step: n.name, task: n.task });
+  }
+
+  // The planning or completion task's log, in the same panel.
+  function openTask(label, taskId) {
+    data.selected = null;
+    history.replaceState(null, "", `#/d/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}`);
+    for (const g of svgRoot.querySelectorAll("g.node")) g.classList.remove("selected");
+    closeLog();
+    const pre = el("pre", { class: "log", id: "log" });
+    stepPanel.hidden = false;
+    stepPanel.replaceChildren(el("h3", { id: "task-heading", text: label }), el("div", { class: "muted mono", text: taskId }),
+      el("h2", { class: "small muted", text: "log" }), pre);
+    if (!state.config.logs) { pre.textContent = state.config.logsHint; return; }
+    followLog(pre, { task: taskId });
   }
 
   // ---- the stream ----------------------------------------------------------------------------
