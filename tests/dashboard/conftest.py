@@ -25,7 +25,7 @@ from makima.dashboard.server import DashboardSettings, start
 from makima.kube import UserKube
 
 # The operator and the sandbox as the integration tests start them (fixtures re-exported).
-from tests.integration.conftest import api, origin, sandbox, start_operator  # noqa: F401
+from tests.integration.conftest import api, cluster, origin, sandbox, start_operator  # noqa: F401
 
 CHROMIUM = os.environ.get("MAKIMA_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

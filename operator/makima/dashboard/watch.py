@@ -19,6 +19,7 @@ from ..kube import KubeError, UserKube
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 2.0
+REFUSED_RETRY_SECONDS = 10.0  # a 401/403 is unlikely to change soon: do not turn it into polling
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Watch:
                 if exc.status == 410:  # the resourceVersion expired: list again
                     continue
                 self._put(Change(self.tag, "problem", status=exc.status, message=exc.reason))
-                self._stop.wait(RETRY_SECONDS)
+                self._stop.wait(REFUSED_RETRY_SECONDS if exc.status in (401, 403) else RETRY_SECONDS)
             except Exception as exc:  # unreachable API server and the like: say so, retry
                 log.debug("watch %s/%s failed: %r", self.namespace, self.plural, exc)
                 self._put(Change(self.tag, "problem", status=0, message=f"cannot reach the Kubernetes API: {exc}"))
