@@ -126,58 +126,49 @@ def test_the_dashboard_command(tmp_path: Path) -> None:
     assert f"cannot read the reader token file {missing}" in result.output
 
 
-async def test_demo_keep_prints_the_dashboard_command(tmp_path: Path) -> None:
+async def test_makima_demo_keep_prints_a_dashboard_command_that_works(pg_dsn: str, tmp_path: Path) -> None:
+    """`makima demo --keep`: the pasted exports plus the `makima dashboard` line start a dashboard
+    (a real process) that reads the demo's directive and its step attempts with the reader token."""
     import io
+    import os
+    import signal
+    import subprocess
+    import sys
 
     from rich.console import Console
 
-    from makima.demo import _keep_running
+    from makima.demo import DemoOptions, run_demo
+    from tests.integration.test_demo import _exported
 
     out = io.StringIO()
-    done = asyncio.Event()
-    done.set()
-    line = "makima dashboard --kubeconfig k --api-url http://127.0.0.1:1 --reader-token-file t"
-    await _keep_running(Console(file=out, width=200), tmp_path / "k", "default", "greeter", done, line)
-    assert line in out.getvalue()
-
-
-async def test_the_demo_stack_gives_the_dashboard_a_reader_token_the_operator_accepts(
-    pg_dsn: str, tmp_path: Path
-) -> None:
-    import io
-    import shlex
-
-    from rich.console import Console
-
-    from makima.demo import DemoOptions, local_stack
-
-    opts = DemoOptions(state_dir=tmp_path / "state", database_url=pg_dsn, live=False)
-    async with local_stack(opts, Console(file=io.StringIO())) as run:
-        assert run.dashboard is not None
-        argv = shlex.split(run.dashboard)
-        assert argv[:2] == ["makima", "dashboard"]
-        flags = dict(zip(argv[2::2], argv[3::2], strict=True))
-        assert flags["--kubeconfig"] == str(run.kubeconfig)
-        token_file = Path(flags["--reader-token-file"])
-        mode = (await asyncio.to_thread(token_file.stat)).st_mode
-        assert mode & 0o077 == 0  # only the owner reads it
-        token = await asyncio.to_thread(token_file.read_text)
-        assert token not in run.dashboard
-        reader = EventReader(flags["--api-url"], token)
-        try:
-            # The operator accepts the token: an unknown task is 404, not 401/403.
-            try:
-                await reader.events("00000000-0000-0000-0000-000000000000")
-            except Exception as exc:
-                assert getattr(exc, "status", None) == 404, exc
-            else:
-                raise AssertionError("an unknown task was found")
-            bad = EventReader(flags["--api-url"], "wrong-token")
-            try:
-                await bad.events("00000000-0000-0000-0000-000000000000")
-            except Exception as exc:
-                assert getattr(exc, "status", None) in (401, 403), exc
-            finally:
-                await bad.close()
-        finally:
-            await reader.close()
+    opts = DemoOptions(state_dir=tmp_path / "state", database_url=pg_dsn, live=False, keep=True)
+    demo = asyncio.create_task(run_demo(opts, Console(file=out, width=160, soft_wrap=True)))
+    proc: subprocess.Popen[str] | None = None
+    try:
+        await wait_until(lambda: "Press Ctrl-C" in out.getvalue() or demo.done(), "the demo to keep running", 180)
+        assert not demo.done(), out.getvalue()
+        pasted = [line.strip() for line in out.getvalue().split("keep running", 1)[1].splitlines()]
+        env = {**os.environ, **_exported(pasted)}
+        line = next(x for x in pasted if x.startswith("makima dashboard"))
+        args = line.split("#")[0].split()[1:]
+        makima = [sys.executable, "-c", "from makima.cli import main; main()"]
+        argv = [*makima, *args, "--port", "0"]
+        proc = await asyncio.to_thread(subprocess.Popen, argv, env=env, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        first = await asyncio.to_thread(proc.stdout.readline)
+        assert first.startswith("makima dashboard on http://127.0.0.1:"), first
+        url = first.split()[3]
+        async with aiohttp.ClientSession() as http:
+            async with http.get(url + "/api/config") as r:
+                assert (await r.json())["logs"] is True
+            async with http.get(url + "/api/step?name=greeter&step=core") as r:
+                body = await r.json()
+        assert body["step"]["phase"] == "Succeeded"
+        assert [a["outcome"] for a in body["attempts"]] == ["succeeded"], body
+        assert body["problem"] is None
+    finally:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            await asyncio.to_thread(proc.wait, 30)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C for the demo, as the person would
+        await asyncio.wait_for(demo, 120)
