@@ -114,8 +114,14 @@ def test_attempt_summary_from_the_task_log() -> None:
 
 
 def test_log_lines_match_makima_logs() -> None:
-    assert shape.log_lines({"type": "output", "payload": {"lines": ["a", "b"]}}) == ["a", "b"]
-    assert shape.log_lines({"type": "progress", "payload": {"x": 1}}) == ['[progress] {"x": 1}']
+    from makima.people_cli import format_event
+
+    output = {"at": "2026-01-01T10:00:00Z", "type": "output", "payload": {"lines": ["first", "second"]}}
+    lines = shape.log_lines(output)
+    assert lines == format_event(output)
+    assert len(lines) == 2 and lines[0].endswith("first") and lines[1].endswith("second")
+    progress = {"at": "2026-01-01T10:00:01Z", "type": "progress", "payload": {"message": "step task started"}}
+    assert shape.log_lines(progress) == format_event(progress)
 
 
 def test_recent_events_newest_first_and_bounded() -> None:

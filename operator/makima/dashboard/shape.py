@@ -260,8 +260,7 @@ def attempt_summary(number: int, task_id: str, events: Sequence[Mapping[str, Any
 
 
 def log_lines(event: Mapping[str, Any]) -> list[str]:
-    """What `makima logs` prints for one event: `output` lines as they are, others as
-    `[type] payload`."""
+    """What `makima logs` prints for one event (the same function, so the two agree)."""
     from ..people_cli import format_event
 
     return format_event(dict(event))
