@@ -154,6 +154,7 @@ async def test_a_user_without_the_rights_is_told_so(
 
         await page.locator("#btn-retry").click()
         await page.locator('#action-msg.err:has-text("patch the status of step a")').wait_for()
+        assert "user-admin role" in await page.locator("#action-msg.err").inner_text()
         assert (await api.steps("guarded"))["a"]["status"]["phase"] == "Failed"
         assert proxy.refused == [
             f"PATCH {GROUP_PATH}/namespaces/default/directives/guarded",

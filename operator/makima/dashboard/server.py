@@ -83,10 +83,14 @@ def kube_message(exc: KubeError, verb: str, what: str, namespace: str) -> str:
     """A refusal or failure from the Kubernetes API, in words a person can act on."""
     act = " ".join(x for x in (verb, what) if x)
     if exc.status in (401, 403):
+        role = (
+            "the makima user-admin role (retry writes a step's status: kube.ADMIN_USER_RULES, aggregated into admin)"
+            if "status" in what
+            else "the makima user role (kube.USER_RULES, aggregated into edit and admin)"
+        )
         return (
             f"Kubernetes refused to let you {act} in namespace {namespace} "
-            f"(HTTP {exc.status}: {exc.reason}). Your kubeconfig's user needs the makima user role "
-            "(see kube.USER_RULES; the chart aggregates it into edit/admin)."
+            f"(HTTP {exc.status}: {exc.reason}). Your kubeconfig's user needs {role}."
         )
     return f"Kubernetes API error while trying to {act}: {exc.reason} (HTTP {exc.status})"
 
