@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from .daemon_cli import app as daemon_app
+from .dashboard.cli import register as register_dashboard
 from .demo import demo as demo_command
 from .people_cli import register as register_people_commands
 from .runner.cli import agent_app, directive_app, task_app
@@ -78,6 +79,7 @@ def operator_(
 
 app.command("demo")(demo_command)
 register_people_commands(app)
+register_dashboard(app)
 
 
 def main() -> None:

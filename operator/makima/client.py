@@ -204,3 +204,43 @@ def _error_body(status: int, text: str) -> ErrorBody:
 
 def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+class EventReader:
+    """Reads task event logs (`GET /v1/tasks/{id}/events`) with the operator's reader token.
+
+    For `makima dashboard`, which holds the token server-side: it never reaches a browser, a
+    log line, an exception message or a repr. Errors are `ApiError` (status 0: unreachable).
+    """
+
+    def __init__(self, api_url: str, token: str, *, timeout: float = 30.0) -> None:
+        self.api_url = api_url.rstrip("/")
+        self._token = token
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"EventReader(api_url={self.api_url!r})"
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    async def events(self, task_id: str, since: int = 0, limit: int = 1000) -> dict[str, Any]:
+        """One EventPage as a dict: `events` (seq, at, type, payload) and `nextSince`."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        url = f"{self.api_url}/v1/tasks/{task_id}/events"
+        headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
+        try:
+            async with self._session.get(url, params={"since": since, "limit": limit}, headers=headers) as resp:
+                text = await resp.text()
+                if resp.status >= 400:
+                    raise ApiError(resp.status, _error_body(resp.status, text))
+                data = _json_or_none(text)
+                return data if isinstance(data, dict) else {"events": [], "nextSince": since}
+        except (TimeoutError, aiohttp.ClientConnectionError) as exc:
+            raise ApiError(
+                0, ErrorBody(error=f"cannot reach the operator API at {self.api_url}: {_describe(exc)}")
+            ) from exc

@@ -575,6 +575,7 @@ def keep_lines(
     if run.reader_token_file is not None:
         lines.insert(2, f"export MAKIMA_READER_TOKEN=$(cat {run.reader_token_file})")
     lines.append(f"makima logs{ns} {name}" + (f" --step {step}" if step else "") + "    # a task's events")
+    lines.append(f"makima dashboard{ns}    # the DAG live in a browser, on http://127.0.0.1:8765")
     if second is not None:
         lines.append(f"kubectl apply -f {second}    # a second directive, on the same local repository")
     return lines

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -232,8 +232,8 @@ class Kube:
 # `kube_calls.OPERATOR_RULES`); `makima logs` needs none of them beyond `get`.
 USER_RULES: list[tuple[str, str, tuple[str, ...]]] = [
     # get, describe; pause/resume patch spec.paused; `makima demo --cluster` replaces the example
-    ("makima.dev", "directives", ("get", "list", "patch", "create", "delete")),
-    ("makima.dev", "directivesteps", ("get", "list")),
+    ("makima.dev", "directives", ("get", "list", "watch", "patch", "create", "delete")),
+    ("makima.dev", "directivesteps", ("get", "list", "watch")),  # watch: `makima dashboard`
     ("", "events", ("list",)),  # describe
 ]
 # `makima retry` writes a step's status (Failed/Skipped -> Pending). Status is the operator's
@@ -356,6 +356,9 @@ class UserKube:
     def get_directive(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._get(DIRECTIVES, namespace, name)
 
+    def get_step(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self._get(STEPS, namespace, name)
+
     def list_steps(self, namespace: str, directive: str) -> list[dict[str, Any]]:
         from .naming import LABEL_DIRECTIVE
 
@@ -375,6 +378,61 @@ class UserKube:
         result = self._call(lambda: self.core.list_namespaced_event(namespace, field_selector=selector))
         items: list[dict[str, Any]] = self.api.sanitize_for_serialization(result).get("items", [])
         return items
+
+    # ---- the dashboard: lists with their resourceVersion, then watches from it ------------
+
+    def list_versioned(
+        self, plural: str, namespace: str, label_selector: str | None = None, field_selector: str | None = None
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Items and the list's resourceVersion (where a watch starts). `plural` is
+        `directives` or `directivesteps` (both `list` in USER_RULES)."""
+        kwargs = _selectors(label_selector, field_selector)
+        result: dict[str, Any] = self._call(
+            lambda: self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural, **kwargs)
+        )
+        items: list[dict[str, Any]] = result.get("items", [])
+        return items, str((result.get("metadata") or {}).get("resourceVersion") or "")
+
+    def watch(
+        self,
+        plural: str,
+        namespace: str,
+        resource_version: str,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout_seconds: int = 30,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(type, object) changes after `resource_version`, until the server ends the watch
+        (`timeout_seconds`). Blocking: run it in a thread of its own. BOOKMARK events are
+        passed on (their object carries only the new resourceVersion); an expired
+        resourceVersion is `KubeError(410)` (list again). Needs `watch` (USER_RULES)."""
+        from kubernetes import watch as k8s_watch
+
+        kwargs: dict[str, Any] = {
+            "resource_version": resource_version,
+            "timeout_seconds": timeout_seconds,
+            "allow_watch_bookmarks": True,
+            "_request_timeout": timeout_seconds + 15,
+            **_selectors(label_selector, field_selector),
+        }
+        w = k8s_watch.Watch()  # type: ignore[no-untyped-call]
+        stream = w.stream(  # type: ignore[no-untyped-call]
+            self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, plural, **kwargs
+        )
+        try:
+            while True:
+                event = self._call(lambda: next(stream, None))
+                if event is None:
+                    return
+                kind, obj = str(event.get("type")), event.get("object")
+                if kind == "ERROR":
+                    code = int((obj or {}).get("code") or 500) if isinstance(obj, dict) else 500
+                    message = (obj or {}).get("message", "watch error") if isinstance(obj, dict) else "watch error"
+                    raise KubeError(code, str(message))
+                if isinstance(obj, dict):
+                    yield kind, obj
+        finally:
+            w.stop()  # type: ignore[no-untyped-call]
 
     def set_paused(self, namespace: str, name: str, paused: bool) -> dict[str, Any] | None:
         """Merge-patch `spec.paused`; None when the directive does not exist."""
@@ -418,6 +476,11 @@ class UserKube:
                 if exc.status != 409:
                     raise
         raise KubeError(409, f"step {name} kept changing; try again")
+
+
+def _selectors(label_selector: str | None, field_selector: str | None) -> dict[str, str]:
+    found = {"label_selector": label_selector, "field_selector": field_selector}
+    return {k: v for k, v in found.items() if v}
 
 
 def _api_message(exc: ApiException) -> str:
