@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from .agents import ProfileName
+
 GROUP = "makima.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -209,7 +211,16 @@ class Repository(Wire):
 
 
 class Agent(Wire):
-    image: str | None = Field(default=None, max_length=1024, description="Defaults to the operator's agent image.")
+    profile: ProfileName | None = Field(
+        default=None,
+        description=(
+            "Coding agent CLI: claude-code, codex, gemini, opencode, aider or scripted; "
+            "defaults from the operator. Picks the command, the key it needs and the image with the CLI."
+        ),
+    )
+    image: str | None = Field(
+        default=None, max_length=1024, description="Defaults to the operator's image for the profile."
+    )
     command: list[str] | None = Field(
         default=None, max_length=64, description="Agent command; the prompt arrives on stdin."
     )
