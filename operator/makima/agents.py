@@ -139,7 +139,8 @@ GEMINI: Final = Profile(
 OPENCODE: Final = Profile(
     name=ProfileName.OPENCODE,
     description="OpenCode, `opencode run`",
-    command=("opencode", "run", "--format", "json"),
+    command=("opencode", "run", "--auto", "--format", "json"),
+    auto_approve=("--auto",),
     structured_output=("--format", "json"),
     # No key required: without one it uses OpenCode's own hosted models; with a provider's
     # key variable (ANTHROPIC_API_KEY, OPENAI_API_KEY, …) and `--model provider/model`, that provider.
@@ -148,7 +149,8 @@ OPENCODE: Final = Profile(
     image_target="agent-opencode",
     usage_format=UsageFormat.OPENCODE_JSON,
     notes=(
-        "Piped stdin is the message. Permissions are granted through OPENCODE_PERMISSION. "
+        "Piped stdin is the message. `--auto` approves what is not denied, and OPENCODE_PERMISSION allows "
+        "edits, shell and web fetches. "
         "Needs no key of its own (it falls back to OpenCode's hosted models)."
     ),
 )
@@ -411,6 +413,9 @@ class UsageCollector:
         self.output_tokens = _int(stats.get("output_tokens"))
         if isinstance(stats.get("tool_calls"), int):
             self.turns = stats["tool_calls"] + 1
+        models = stats.get("models")
+        if self.model is None and isinstance(models, dict) and models:
+            self.model = next(iter(models))
 
     # OpenCode: one {"type":"step_finish","part":{"tokens":{input, output, reasoning,
     # cache:{read, write}}, "cost"}} per model step.
