@@ -26,7 +26,7 @@ current one, and nothing time-relative goes into it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any, Literal
@@ -638,6 +638,10 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
         comp.start = None
         completion_running = False
     if comp.start is not None:
+        section = usage_mod.pull_request_section(tasks)
+        if section:  # what the agents used so far goes into the pull request body
+            plan_body = "\n\n".join(p for p in (comp.start.plan.body.rstrip(), section) if p)
+            comp.start = replace(comp.start, plan=comp.start.plan.model_copy(update={"body": plan_body}))
         actions.append(comp.start)
     waiting_for_daemon = waiting_for_daemon or comp.waiting_for_daemon
 

@@ -59,3 +59,24 @@ def describe(usage: UsageSummary | None) -> str:
     if usage.cost_usd is not None:
         text += f", ${usage.cost_usd:.4f}"
     return text
+
+
+def pull_request_section(tasks: Iterable[Task]) -> str:
+    """The pull request body's "Agent usage" table: planning, each step, total ("" if none)."""
+    rows: dict[str, list[Task]] = {}
+    for t in tasks:
+        label = t.step_name if t.step_name else t.kind.value
+        rows.setdefault(label, []).append(t)
+    lines = []
+    for label, group in rows.items():
+        used = summarize(group)
+        if used is not None:
+            cost = f"${used.cost_usd:.4f}" if used.cost_usd is not None else "-"
+            lines.append(f"| {label} | {used.tasks} | {used.input_tokens:,} | {used.output_tokens:,} | {cost} |")
+    total = summarize([t for group in rows.values() for t in group])
+    if total is None:
+        return ""
+    cost = f"${total.cost_usd:.4f}" if total.cost_usd is not None else "-"
+    head = ["## Agent usage", "", "| | runs | tokens in | tokens out | cost |", "|---|---:|---:|---:|---:|"]
+    tail = [f"| **total** | {total.tasks} | {total.input_tokens:,} | {total.output_tokens:,} | {cost} |"]
+    return "\n".join([*head, *lines, *tail]) + "\n"

@@ -106,3 +106,18 @@ def test_without_a_budget_usage_is_summed_and_nothing_pauses() -> None:
     status = world.directive.status
     assert status.usage is not None and status.usage.total_tokens == 10**9 + 1
     assert "BudgetExceeded" not in {c.type for c in status.conditions}
+
+
+def test_the_pull_request_body_tells_what_the_agents_used() -> None:
+    world = chain_world()
+    spent = {"a": (1000, 100, 0.1), "b": (2000, 200, 0.2), "c": (3000, 300, None)}
+    for name in ("a", "b", "c"):
+        run(world)
+        i, o, cost = spent[name]
+        world.finish(step_task(world, name), TaskState.SUCCEEDED, commit="c", result={"usage": usage(i, o, cost)})
+    start = next(a for a in run(world) if isinstance(a, StartCompletion))
+    body = start.plan.body
+    assert "## Agent usage" in body and "Build the thing" in body, "the usage follows the usual body"
+    assert "| a | 1 | 1,000 | 100 | $0.1000 |" in body
+    assert "| c | 1 | 3,000 | 300 | - |" in body
+    assert "| **total** | 3 | 6,000 | 600 | $0.3000 |" in body
