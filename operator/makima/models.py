@@ -252,10 +252,11 @@ class Budget(Wire):
     """Most a directive may use: when its usage reaches either, no new task starts (running
     ones finish) and the directive pauses with a BudgetExceeded condition; raising it resumes."""
 
+    # ge, not gt: a CRD schema's exclusiveMinimum is a boolean, which pydantic's gt does not give
     max_cost_usd: float | None = Field(
-        default=None, gt=0, description="Agent cost in US dollars, as the CLIs report it."
+        default=None, ge=0.01, description="Agent cost in US dollars, as the CLIs report it (at least 0.01)."
     )
-    max_tokens: int | None = Field(default=None, gt=0, description="Agent tokens, input plus output.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Agent tokens, input plus output.")
 
 
 class UsageSummary(Wire):
