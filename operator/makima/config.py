@@ -8,6 +8,8 @@ from platformdirs import user_state_dir
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .agents import DEFAULT_PROFILE
+
 # What the API accepts after "Bearer " (api/auth.py): a token the operator is configured with
 # must fit, or every reader would be refused as "malformed" at run time.
 TOKEN_PATTERN = r"[A-Za-z0-9._~+/=-]{8,512}"
@@ -26,8 +28,19 @@ class OperatorSettings(BaseSettings):
     tick_seconds: float = Field(default=15.0, gt=0)
     api_listen: str = Field(default="0.0.0.0:8080", description="host:port of the operator HTTP API.")
     api_url: str = Field(default="http://127.0.0.1:8080", description="URL tasks and daemons use to reach the API.")
-    agent_image: str = "ghcr.io/makima-dev/makima:0.1.0"
-    agent_command: list[str] = Field(default_factory=lambda: ["claude", "-p", "--dangerously-skip-permissions"])
+    agent_profile: str = Field(
+        default=DEFAULT_PROFILE, description="Agent profile of Directives that name none (makima.agents)."
+    )
+    agent_image: str = Field(
+        default="ghcr.io/makima-dev/makima:0.1.0-agent-claude",
+        description="Image of agent Job pods for the default profile (and any profile without its own image).",
+    )
+    agent_images: dict[str, str] = Field(
+        default_factory=dict, description='Image per profile, JSON: {"codex": "…-agent-codex", …}.'
+    )
+    agent_command: list[str] | None = Field(
+        default=None, description="Command replacing the default profile's own; unset = the profile's."
+    )
     job_ttl_seconds: int = Field(default=3600, ge=0)
     job_service_account: str | None = None
     daemon_heartbeat_seconds: float = Field(default=10.0, gt=0)

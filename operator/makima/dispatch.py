@@ -14,11 +14,13 @@ from datetime import datetime
 from typing import Any
 
 from . import metrics, naming
+from .agents import DEFAULT_PROFILE
 from .executors.jobs import JobExecutor
 from .kube import KubeError
-from .models import Directive, parse_duration
+from .models import Agent, Directive, parse_duration
 from .protocol import AgentSettings, CompletionPlan, TaskSpec, WorkspacePlan
 from .reconcile import CreatePlanningTask, DispatchStep, Route, StartCompletion
+from .runner.agent import profile as profile_settings
 from .store.errors import IllegalTransition, VersionConflict
 from .store.tokens import hash_token, new_token
 from .tasks import Task, TaskKind, TaskState
@@ -28,8 +30,30 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AgentDefaults:
-    command: list[str]
+    """The operator's agent defaults: the profile of Directives that name none, and a command
+    replacing that profile's own (None = the profile's)."""
+
+    command: list[str] | None = None
     timeout_seconds: float = 3600
+    profile: str = DEFAULT_PROFILE
+
+
+def agent_settings(spec_agent: Agent, defaults: AgentDefaults, timeout_seconds: float) -> AgentSettings:
+    """The AgentSettings a task runs with. Pure.
+
+    The profile is spec.agent.profile, else the operator's default. A command given in the
+    spec replaces the profile's own; given without a profile it is a custom agent (no key
+    check, no usage parsing). The operator's default command applies only to its default
+    profile.
+    """
+    env = {v.name: v.value for v in spec_agent.env if v.value is not None and v.secret_key_ref is None}
+    if spec_agent.profile is None and spec_agent.command:
+        settings = AgentSettings(command=spec_agent.command, timeout_seconds=timeout_seconds)
+    else:
+        name = spec_agent.profile.value if spec_agent.profile is not None else defaults.profile
+        command = spec_agent.command or (defaults.command if spec_agent.profile is None else None)
+        settings = profile_settings(name, timeout_seconds=timeout_seconds, command=command)
+    return settings.model_copy(update={"env": {**settings.env, **env}})
 
 
 class TaskDispatcher:
@@ -44,9 +68,8 @@ class TaskDispatcher:
 
     def _agent(self, directive: Directive) -> AgentSettings:
         spec = directive.spec
-        env = {v.name: v.value for v in spec.agent.env if v.value is not None and v.secret_key_ref is None}
         timeout = parse_duration(spec.execution.step_timeout).total_seconds()
-        return AgentSettings(command=spec.agent.command or self.agent.command, env=env, timeout_seconds=timeout)
+        return agent_settings(spec.agent, self.agent, timeout)
 
     def _spec(
         self,

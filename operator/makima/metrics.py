@@ -36,3 +36,15 @@ TASK_REPORTS = Counter(
     "makima_task_reports_total", "Reports received from tasks, by kind of report.", ["report"], registry=REGISTRY
 )
 DAEMONS_CONNECTED = Gauge("makima_daemons_connected", "Daemons connected to this operator.", registry=REGISTRY)
+AGENT_TOKENS = Counter(
+    "makima_agent_tokens_total",
+    "Tokens the coding agents reported, by agent profile, namespace and direction (input|output).",
+    ["agent", "namespace", "direction"],
+    registry=REGISTRY,
+)
+AGENT_COST = Counter(
+    "makima_agent_cost_usd_total",
+    "Cost in US dollars the coding agents reported (CLIs that report none add nothing).",
+    ["agent", "namespace"],
+    registry=REGISTRY,
+)

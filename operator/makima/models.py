@@ -15,6 +15,8 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from .agents import ProfileName
+
 GROUP = "makima.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -209,7 +211,16 @@ class Repository(Wire):
 
 
 class Agent(Wire):
-    image: str | None = Field(default=None, max_length=1024, description="Defaults to the operator's agent image.")
+    profile: ProfileName | None = Field(
+        default=None,
+        description=(
+            "Coding agent CLI: claude-code, codex, gemini, opencode, aider or scripted; "
+            "defaults from the operator. Picks the command, the key it needs and the image with the CLI."
+        ),
+    )
+    image: str | None = Field(
+        default=None, max_length=1024, description="Defaults to the operator's image for the profile."
+    )
     command: list[str] | None = Field(
         default=None, max_length=64, description="Agent command; the prompt arrives on stdin."
     )
@@ -234,6 +245,32 @@ class PullRequest(Wire):
     draft: bool = Field(default=False, description="Open it as a draft.")
 
 
+# ---- agent usage and budget (issue 19) -------------------------------------------------------
+
+
+class Budget(Wire):
+    """Most a directive may use: when its usage reaches either, no new task starts (running
+    ones finish) and the directive pauses with a BudgetExceeded condition; raising it resumes."""
+
+    # ge, not gt: a CRD schema's exclusiveMinimum is a boolean, which pydantic's gt does not give
+    max_cost_usd: float | None = Field(
+        default=None, ge=0.01, description="Agent cost in US dollars, as the CLIs report it (at least 0.01)."
+    )
+    max_tokens: int | None = Field(default=None, ge=1, description="Agent tokens, input plus output.")
+
+
+class UsageSummary(Wire):
+    """What the agent runs used, summed over tasks (attempts included)."""
+
+    input_tokens: int = Field(default=0, ge=0, description="Tokens sent to the model (cache reads included).")
+    output_tokens: int = Field(default=0, ge=0, description="Tokens the model produced.")
+    total_tokens: int = Field(default=0, ge=0, description="Input plus output.")
+    cost_usd: float | None = Field(
+        default=None, ge=0, description="Cost the CLIs reported (some report none: Codex, Gemini)."
+    )
+    tasks: int = Field(default=0, ge=0, description="Tasks whose agents reported usage.")
+
+
 class DirectiveSpec(Wire):
     title: Title = Field(description="Short name, used as the pull request's title.")
     goal: str = Field(
@@ -253,6 +290,7 @@ class DirectiveSpec(Wire):
             "unset keeps it. Like a Job's ttlSecondsAfterFinished."
         ),
     )
+    budget: Budget | None = Field(default=None, description="Most agent cost and/or tokens this directive may use.")
 
     @field_validator("goal")
     @classmethod
@@ -293,6 +331,7 @@ class DirectiveStatus(Wire):
     started_at: datetime | None = Field(default=None, description="When planning started.")
     completed_at: datetime | None = Field(default=None, description="When the directive reached Completed.")
     message: str | None = Field(default=None, description="What is happening now, for people.")
+    usage: UsageSummary | None = Field(default=None, description="Agent usage of every task of the directive.")
 
 
 class ObjectMeta(BaseModel):
@@ -357,6 +396,7 @@ class DirectiveStepStatus(Wire):
     next_attempt_at: datetime | None = Field(default=None, description="When a retry is due (backoff).")
     message: str | None = Field(default=None, description="What is happening, or why it failed.")
     conditions: list[Condition] = Field(default_factory=list, description="Reserved for step conditions.")
+    usage: UsageSummary | None = Field(default=None, description="Agent usage of the step's attempts.")
 
 
 class DirectiveStep(Wire):

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from .agents import CUSTOM, Usage, UsageFormat
 from .models import (
     BRANCH_PATTERN,
     MAX_DEPENDS_ON,
@@ -36,11 +37,19 @@ class Msg(BaseModel):
 
 
 class AgentSettings(Msg):
-    """A profile is data: the command to run (prompt on stdin) and extra environment."""
+    """A profile is data (agents.py): the command to run (prompt on stdin, or through the
+    `{prompt}`/`{prompt_file}` placeholders) and extra environment, plus what the runner
+    checks before starting it and how it reads the CLI's usage report."""
 
     command: list[str] = Field(min_length=1)
     env: dict[str, str] = Field(default_factory=dict)
     timeout_seconds: float = Field(default=3600, gt=0)
+    profile: str = Field(default=CUSTOM, description="Profile name, for messages and usage records.")
+    key_env: list[str] = Field(default_factory=list, description="Any one must be set for the agent to start.")
+    refuses_root: str | None = Field(default=None, description="Why the agent will not run as root, if so.")
+    image_target: str | None = Field(default=None, description="Dockerfile target of the image with the CLI.")
+    package: str | None = Field(default=None, description="Registry package of the CLI (name@version).")
+    usage_format: UsageFormat | None = Field(default=None, description="How to read usage from its output.")
 
 
 class WorkspacePlan(Msg):
@@ -93,6 +102,7 @@ class EventType(StrEnum):
     GIT = "git"
     HEARTBEAT = "heartbeat"
     RESULT = "result"
+    USAGE = "usage"  # one per agent run that reported its usage (agents.Usage, camelCase)
 
 
 class TaskEvent(Msg):
@@ -121,6 +131,7 @@ class TaskResult(Msg):
     changed_files: int | None = Field(default=None, ge=0)
     message: str = Field(default="", max_length=8192)
     pull_request_url: str | None = None
+    usage: Usage | None = Field(default=None, description="What the agent runs of this task used.")
 
 
 class StepSubmission(Msg):

@@ -26,13 +26,15 @@ current one, and nothing time-relative goes into it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any, Literal
 
 from . import dag, naming, prompts
+from . import usage as usage_mod
 from .models import (
+    Budget,
     Condition,
     ConditionStatus,
     Directive,
@@ -46,6 +48,7 @@ from .models import (
     StepCounts,
     StepPhase,
     TaskRef,
+    UsageSummary,
     parse_duration,
 )
 from .protocol import CompletionPlan, StepSubmission, WorkspacePlan
@@ -88,6 +91,8 @@ class Reason:
     INVALID_SPEC = "InvalidSpec"
     DIRECTIVE_FAILED = "DirectiveFailed"
     COMPLETION_STARTED = "CompletionStarted"
+    BUDGET_EXCEEDED = "BudgetExceeded"
+    WITHIN_BUDGET = "WithinBudget"
 
 
 class CondType:
@@ -96,6 +101,7 @@ class CondType:
     PROGRESSING = "Progressing"
     COMPLETED = "Completed"
     FAILED = "Failed"
+    BUDGET_EXCEEDED = "BudgetExceeded"
 
 
 # ---- snapshot ----------------------------------------------------------------------------------
@@ -207,10 +213,11 @@ class MarkStep:
     finished_at: datetime | None = None
     next_attempt_at: datetime | None = None
     clear: tuple[str, ...] = ()
+    usage: UsageSummary | None = None  # of every attempt so far, when a task finished
 
     def status_patch(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"phase": self.phase}
-        for key in ("message", "attempts", "task", "branch", "commit", "started_at", "finished_at"):
+        for key in ("message", "attempts", "task", "branch", "commit", "started_at", "finished_at", "usage"):
             value = getattr(self, key)
             if value is not None:
                 fields[key] = value
@@ -518,6 +525,7 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
                 commit=str(commit) if commit else None,
                 finished_at=task.finished_at or now,
                 clear=("next_attempt_at",),
+                usage=usage_mod.summarize(mine),
             )
             events.append(EmitEvent("Normal", Reason.STEP_SUCCEEDED, f"step {name!r} succeeded (attempt {n})"))
             continue
@@ -535,6 +543,7 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
                 task=ref,
                 next_attempt_at=at,
                 finished_at=finished,
+                usage=usage_mod.summarize(mine),
             )
             events.append(EmitEvent("Warning", Reason.RETRYING, f"step {name!r} attempt {n} failed: {why}; retrying"))
         else:
@@ -547,6 +556,7 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
                 task=ref,
                 finished_at=finished,
                 clear=("next_attempt_at",),
+                usage=usage_mod.summarize(mine),
             )
             events.append(EmitEvent("Warning", Reason.STEP_FAILED, f"step {name!r} failed: {why}"))
 
@@ -571,7 +581,9 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
     dispatches: list[DispatchStep] = []
     waiting_for_daemon = plan.waiting_for_daemon
     running = sum(1 for p in phase.values() if p is StepPhase.RUNNING)
-    if not paused and not plan.active:
+    spent = usage_mod.summarize(tasks)
+    over_budget = usage_mod.over_budget(spec.budget, spent)  # no new task; running ones finish
+    if not paused and not plan.active and over_budget is None:
         for name in ready:
             if running >= spec.execution.max_parallel_steps:
                 break
@@ -620,13 +632,26 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
     comp = _completion(
         d, steps, order, phase, branch, completion_tasks, plan, counts.total, now, cfg, router, timeout, events
     )
+    completion_running = comp.active
+    if comp.start is not None and over_budget is not None:  # not started: it would be a new task
+        events = [e for e in events if e.reason != Reason.COMPLETION_STARTED]
+        comp.start = None
+        completion_running = False
     if comp.start is not None:
+        section = usage_mod.pull_request_section(tasks)
+        if section:  # what the agents used so far goes into the pull request body
+            plan_body = "\n\n".join(p for p in (comp.start.plan.body.rstrip(), section) if p)
+            comp.start = replace(comp.start, plan=comp.start.plan.model_copy(update={"body": plan_body}))
         actions.append(comp.start)
     waiting_for_daemon = waiting_for_daemon or comp.waiting_for_daemon
 
     # 7. status ----------------------------------------------------------------------------------------
     pr_reason = _pull_request_reason(completion_tasks, comp.done)
     status = _status(d, steps, order, phase, marks, plan, comp, counts, pr_status, pr_reason, waiting_for_daemon, now)
+    status = _with_budget(status, cur, spec.budget, spent, over_budget, completion_running, d.metadata.generation, now)
+    was_over = any(c.type == CondType.BUDGET_EXCEEDED and c.status is ConditionStatus.TRUE for c in cur.conditions)
+    if over_budget is not None and not was_over:
+        events.append(EmitEvent("Warning", Reason.BUDGET_EXCEEDED, f"paused: {over_budget}; running tasks finish"))
     events.extend(_outcome_events(cur, status, pr_reason))
     if status != cur:
         if plan.created is not None:
@@ -649,6 +674,41 @@ def one_line(message: str, limit: int = 1024) -> str:
     if len(lines) > 1:
         first += f" (+{len(lines) - 1} more lines in the task log)"
     return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def _with_budget(
+    status: DirectiveStatus,
+    cur: DirectiveStatus,
+    budget: Budget | None,
+    spent: UsageSummary | None,
+    over: str | None,
+    completion_running: bool,
+    gen: int,
+    now: datetime,
+) -> DirectiveStatus:
+    """status.usage, and the budget's say: Paused with BudgetExceeded=True while the usage has
+    reached it (a completion already running goes on), BudgetExceeded=False once it is raised."""
+    update: dict[str, Any] = {"usage": spent}
+    prev = next((c for c in cur.conditions if c.type == CondType.BUDGET_EXCEEDED), None)
+    if budget is not None or prev is not None:
+        value = ConditionStatus.TRUE if over else ConditionStatus.FALSE
+        text = over or (f"within budget: {usage_mod.describe(spent)}" if budget else "no budget")
+        cond = Condition(
+            type=CondType.BUDGET_EXCEEDED,
+            status=value,
+            reason=Reason.BUDGET_EXCEEDED if over else Reason.WITHIN_BUDGET,
+            message=text,
+            last_transition_time=prev.last_transition_time if prev is not None and prev.status == value else now,
+            observed_generation=gen,
+        )
+        others = [c for c in status.conditions if c.type != CondType.BUDGET_EXCEEDED]
+        update["conditions"] = [*others, cond]
+    settled = (DirectivePhase.COMPLETED, DirectivePhase.FAILED, DirectivePhase.PAUSED)
+    finishing = status.phase is DirectivePhase.COMPLETING and completion_running
+    if over and status.phase not in settled and not finishing:
+        update["phase"] = DirectivePhase.PAUSED
+        update["message"] = f"paused: {over}; raise spec.budget to resume"[:4096]
+    return status.model_copy(update=update)
 
 
 def reject_invalid(cur: DirectiveStatus, generation: int, error: Any, now: datetime) -> list[Action]:

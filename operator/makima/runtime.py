@@ -21,7 +21,9 @@ from .config import OperatorSettings
 
 if TYPE_CHECKING:
     from .controller import Controller
+    from .dispatch import AgentDefaults
     from .executors.daemons import DaemonHub
+    from .executors.jobs import JobDefaults
     from .kube import Kube
     from .protocol import Problem, StepSubmission
     from .store import TaskStore
@@ -59,6 +61,27 @@ def _split_listen(listen: str) -> tuple[str, int]:
     return host or "0.0.0.0", int(port)
 
 
+def job_defaults(settings: OperatorSettings) -> JobDefaults:
+    """What every task Job gets from the operator's settings (image per agent profile, ...)."""
+    from .executors.jobs import JobDefaults
+
+    return JobDefaults(
+        image=settings.agent_image,
+        api_url=settings.api_url,
+        ttl_seconds=settings.job_ttl_seconds,
+        service_account=settings.job_service_account,
+        profile=settings.agent_profile,
+        images=settings.agent_images,
+    )
+
+
+def agent_defaults(settings: OperatorSettings) -> AgentDefaults:
+    """The agent of Directives that name none."""
+    from .dispatch import AgentDefaults
+
+    return AgentDefaults(command=settings.agent_command, profile=settings.agent_profile)
+
+
 async def build(
     settings: OperatorSettings, stack: AsyncExitStack, kubeconfig: str | None = None, phases: _Phases | None = None
 ) -> Operator:
@@ -68,9 +91,9 @@ async def build(
     from . import dag, metrics
     from .api import ApiDeps, build_app
     from .controller import Controller, step_view
-    from .dispatch import AgentDefaults, TaskDispatcher
+    from .dispatch import TaskDispatcher
     from .executors.daemons import DaemonHub, DaemonSettings
-    from .executors.jobs import JobDefaults, JobExecutor
+    from .executors.jobs import JobExecutor
     from .kube import Kube, load_config
     from .reconcile import ReconcileConfig
     from .store import open_store
@@ -89,16 +112,8 @@ async def build(
             lost_after_seconds=settings.daemon_lost_after_seconds,
         ),
     )
-    jobs = JobExecutor(
-        kube,
-        JobDefaults(
-            image=settings.agent_image,
-            api_url=settings.api_url,
-            ttl_seconds=settings.job_ttl_seconds,
-            service_account=settings.job_service_account,
-        ),
-    )
-    dispatcher = TaskDispatcher(store, jobs, hub, AgentDefaults(command=settings.agent_command), kube)
+    jobs = JobExecutor(kube, job_defaults(settings))
+    dispatcher = TaskDispatcher(store, jobs, hub, agent_defaults(settings), kube)
     config = ReconcileConfig(
         retry_base_seconds=settings.retry_base_seconds,
         retry_max_seconds=settings.retry_max_seconds,

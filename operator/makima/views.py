@@ -125,6 +125,18 @@ def _progress(directive: Mapping[str, Any]) -> str:
     return f"{counts.get('succeeded') or 0}/{total}" if total else "-"
 
 
+def usage_text(usage: Mapping[str, Any] | None, *, short: bool = False) -> str:
+    """Agent usage for people: "12,345 tokens, $0.1234" (short: "12.3k tok $0.12"); "" if none."""
+    if not usage:
+        return ""
+    total = int(usage.get("totalTokens") or 0)
+    cost = usage.get("costUsd")
+    if short:
+        tokens = f"{total / 1000:.1f}k tok" if total >= 1000 else f"{total} tok"
+        return tokens + (f" ${float(cost):.2f}" if cost is not None else "")
+    return f"{total:,} tokens" + (f", ${float(cost):.4f}" if cost is not None else "")
+
+
 def _pr_url(directive: Mapping[str, Any]) -> str | None:
     url = _get(directive, "status", "pullRequest", "url")
     return str(url) if url else None
@@ -207,6 +219,9 @@ def _header(directive: Mapping[str, Any]) -> Text:
     if _get(directive, "spec", "paused"):
         head.append(" (paused)", style="yellow")
     head.append(f"  progress {_progress(directive)}")
+    used = usage_text(_get(directive, "status", "usage"))
+    if used:
+        head.append(f"  usage {used}")
     url = _pr_url(directive)
     branch = _get(directive, "status", "pullRequest", "branch")
     if url:
@@ -232,6 +247,9 @@ def _step_line(step: Mapping[str, Any], now: datetime, name_width: int) -> Text:
     line.append(f"  {step_duration(step, now):>6}")
     if status.get("branch"):
         line.append(f"  {status['branch']}", style="dim")
+    used = usage_text(status.get("usage"), short=True)
+    if used:
+        line.append(f"  {used}")
     deps = _get(step, "spec", "dependsOn") or []
     if deps:
         line.append(f"  ← {', '.join(deps)}", style="italic")
@@ -373,6 +391,17 @@ def describe(
     info.add_row("Progress", _progress(directive))
     if status.get("message"):
         info.add_row("Message", str(status["message"]))
+    used = usage_text(status.get("usage"))
+    if used:
+        info.add_row("Usage", used)
+    budget = spec.get("budget") or {}
+    if budget:
+        limits = []
+        if budget.get("maxCostUsd") is not None:
+            limits.append(f"${budget['maxCostUsd']}")
+        if budget.get("maxTokens") is not None:
+            limits.append(f"{budget['maxTokens']:,} tokens")
+        info.add_row("Budget", " or ".join(limits) or "-")
     info.add_row("Pull request", _pr_url(directive) or "-")
     if _get(status, "pullRequest", "branch"):
         info.add_row("Branch", str(status["pullRequest"]["branch"]))

@@ -313,3 +313,31 @@ async def test_a_forged_branch_or_commit_is_refused(api: Api, report: dict[str, 
         headers=bearer(token),
     )
     assert ok.status == 200
+
+
+async def test_a_results_usage_is_stored_and_counted_once(api: Api) -> None:
+    from makima import metrics
+
+    task, token = await make_task(api.store, state=TaskState.RUNNING)
+    labels = {"agent": "codex", "namespace": task.namespace}
+
+    def value(name: str, **extra: str) -> float:
+        return metrics.REGISTRY.get_sample_value(name, {**labels, **extra}) or 0.0
+
+    before = (value("makima_agent_tokens_total", direction="input"), value("makima_agent_cost_usd_total"))
+    usage = {"agent": "codex", "inputTokens": 1200, "outputTokens": 80, "costUsd": 0.03, "turns": 2}
+    result = {"outcome": "failed", "message": "agent exited with code 1", "usage": usage}
+    for _ in range(2):  # the replay of the same report must not count again
+        resp = await api.client.post(f"/v1/tasks/{task.id}/result", json=result, headers=bearer(token))
+        assert resp.status == 200, await resp.text()
+    stored = await api.store.get_task(task.id)
+    assert stored is not None and stored.result is not None
+    assert stored.result["usage"]["input_tokens"] == 1200 and stored.result["usage"]["cost_usd"] == 0.03
+    assert value("makima_agent_tokens_total", direction="input") - before[0] == 1200
+    assert value("makima_agent_tokens_total", direction="output") >= 80
+    assert value("makima_agent_cost_usd_total") - before[1] == pytest.approx(0.03)
+
+    bad = {"outcome": "succeeded", "usage": {"inputTokens": -1}}
+    other, other_token = await make_task(api.store, state=TaskState.RUNNING)
+    resp = await api.client.post(f"/v1/tasks/{other.id}/result", json=bad, headers=bearer(other_token))
+    assert resp.status == 422, "a negative token count is refused at the API"

@@ -231,3 +231,18 @@ def test_directive_table_on_a_narrow_terminal_drops_title_then_age_never_the_pr(
     assert header == ["NAME", "PHASE", "PROGRESS", "PR", "AGE"]
     narrow = _lines(views.directive_table([d], now=NOW, width=80))
     assert narrow[0].split() == ["NAME", "PHASE", "PR"] and LONG_PR in narrow[1]
+
+
+def test_usage_and_budget_are_shown() -> None:
+    usage = {"inputTokens": 10_000, "outputTokens": 2_345, "totalTokens": 12_345, "costUsd": 0.1234, "tasks": 3}
+    d = directive(phase="Paused", progress="2/3", usage=usage, message="paused: budget reached")
+    d["spec"]["budget"] = {"maxCostUsd": 0.1, "maxTokens": 50_000}
+    steps = [step("schema", 0, "Succeeded", ())]
+    steps[0]["status"]["usage"] = {**usage, "totalTokens": 1_500, "costUsd": 0.05}
+    tree = render(views.directive_tree(d, steps, NOW))
+    assert "usage 12,345 tokens, $0.1234" in tree
+    assert "1.5k tok $0.05" in tree
+    described = render(views.describe(d, steps, [], NOW))
+    assert "Usage" in described and "12,345 tokens, $0.1234" in described
+    assert "$0.1 or 50,000 tokens" in described
+    assert views.usage_text(None) == "" and views.usage_text({"totalTokens": 7}) == "7 tokens"

@@ -145,7 +145,8 @@ async def test_agent_command_not_found(remote: Path, tmp_path: Path, reporter: R
     agent = AgentSettings(command=["definitely-not-an-agent-xyz"])
     result = await run_step(remote, tmp_path, "a", reporter, agent=agent)
     assert result.outcome == Outcome.FAILED
-    assert "cannot start agent command" in result.message
+    # Checked before starting: the agent and the missing command are named, no timeout waited.
+    assert "agent custom: its command 'definitely-not-an-agent-xyz' is not installed" in result.message
 
 
 async def test_lost_attempt_waking_up_late_does_not_overwrite_its_retry(

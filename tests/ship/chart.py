@@ -21,6 +21,7 @@ RELEASE = "demo"
 NAMESPACE = "makima-system"
 KUBE_VERSION = "1.33"  # strict schemas of kubernetes-validate (it ships 1.25 ... 1.37)
 
+AGENT_PROFILES = ("claude-code", "codex", "gemini", "opencode", "aider", "scripted")
 BUNDLED_PG: dict[str, Any] = {"postgresql": {"bundled": {"enabled": True}}}
 
 # One values set per optional feature (plus the defaults and everything at once).
@@ -35,6 +36,9 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
     "daemon": {"daemon": {"enabled": True, "namespace": "team-a"}},
     "replicas": {"replicas": 3},
+    # one per agent profile the chart can default to (each picks its own agent image)
+    **{f"agent-{p}": {"agent": {"profile": p}, "daemon": {"enabled": True}} for p in AGENT_PROFILES},
+    "agent-own-image": {"agent": {"profile": "codex", "images": {"codex": "registry.example/codex:7"}}},
     "replicas-namespaced": {"replicas": 2, "watchNamespaces": ["team-a", "team-b"]},
     "everything": {
         **BUNDLED_PG,

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from .chart import (
+    AGENT_PROFILES,
     CHART_DIR,
     KUBE_VERSION,
     NAMESPACE,
@@ -121,7 +122,8 @@ def test_operator_environment_matches_settings(monkeypatch: pytest.MonkeyPatch) 
     assert env["MAKIMA_DATABASE_URL"] == {"secretKeyRef": {"name": "makima-database", "key": "database-url"}}
     assert env["MAKIMA_API_LISTEN"] == "0.0.0.0:8080"
     assert env["MAKIMA_API_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:8080"
-    assert env["MAKIMA_AGENT_IMAGE"] == "ghcr.io/makima-dev/makima:0.1.0"
+    assert env["MAKIMA_AGENT_PROFILE"] == "claude-code"
+    assert env["MAKIMA_AGENT_IMAGE"] == "ghcr.io/makima-dev/makima:0.1.0-agent-claude"
     assert "MAKIMA_AGENT_COMMAND" not in env
     assert "MAKIMA_PEERING" not in env
     # Every MAKIMA_* variable the chart sets is a real setting, and parses.
@@ -301,3 +303,76 @@ def test_bundled_postgresql_is_reachable_from_the_operator_only() -> None:
     assert rule["from"] == [{"podSelector": {"matchLabels": operator["spec"]["selector"]["matchLabels"]}}]
     assert rule["ports"] == [{"protocol": "TCP", "port": 5432}]
     assert not [d for d in of_kind(render({}), "NetworkPolicy")]
+
+
+@pytest.mark.parametrize("profile", AGENT_PROFILES)
+def test_the_default_install_runs_the_chosen_agent_in_its_image(profile: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """helm install (defaults, or agent.profile=X) + a Directive without spec.agent: the Job runs
+    that profile's CLI in the image of the Dockerfile target that contains it."""
+    from makima import naming
+    from makima.agents import get_profile
+    from makima.config import OperatorSettings
+    from makima.dispatch import agent_settings
+    from makima.executors.jobs import build_job
+    from makima.models import Directive
+    from makima.runtime import agent_defaults, job_defaults
+    from makima.tasks import Task, TaskKind
+
+    values = {} if profile == "claude-code" else {"agent": {"profile": profile}}
+    UID = "0b0c6a2e-2f6a-4d0e-9b1e-3c3f3e1d2a10"
+    docs = render(values)
+    env = env_of(one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0])
+    for key, value in env.items():
+        if key.startswith("MAKIMA_") and isinstance(value, str):
+            monkeypatch.setenv(key, value)
+    settings = OperatorSettings()
+    directive = Directive.model_validate(
+        {
+            "metadata": {"name": "d", "namespace": "team-a", "uid": UID},
+            "spec": {"title": "t", "goal": "g", "repository": {"url": "https://git.example/r.git"}},
+        }
+    )
+    task = Task(
+        id=naming.step_task_id("5e5e", 1), kind=TaskKind.STEP, namespace="team-a", directive_uid=UID, directive_name="d"
+    )
+    owner = {"apiVersion": "makima.dev/v1alpha1", "kind": "Directive", "metadata": {"name": "d", "uid": UID}}
+    job = build_job(task, directive, owner, job_defaults(settings))
+    image = job["spec"]["template"]["spec"]["containers"][0]["image"]
+    agent = agent_settings(directive.spec.agent, agent_defaults(settings), 60)
+    p = get_profile(profile)
+    assert agent.profile == profile and agent.command == list(p.command)
+    if p.image_target:
+        assert image == f"ghcr.io/makima-dev/makima:0.1.0-{p.image_target}"
+        dockerfile = (CHART_DIR.parents[1] / "Dockerfile").read_text()
+        assert f"FROM runtime AS {p.image_target}\n" in dockerfile
+    else:
+        assert image == "ghcr.io/makima-dev/makima:0.1.0"  # the scripted agent is part of makima
+    # The daemon runs agents itself, so it runs the same image.
+    daemon = render({**values, "daemon": {"enabled": True}})
+    dimage = one(daemon, "Deployment", f"{FULLNAME}-daemon")["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert dimage == image
+    # A Directive picking another profile gets that profile's image.
+    other = directive.model_copy(deep=True)
+    other.spec.agent.profile = get_profile("codex").name
+    assert build_job(task, other, owner, job_defaults(settings))["spec"]["template"]["spec"]["containers"][0][
+        "image"
+    ].endswith("-agent-codex")
+
+
+def test_an_agent_image_given_per_profile_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    from makima.config import OperatorSettings
+
+    env = env_of(
+        one(render(SCENARIOS["agent-own-image"]), "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0]
+    )
+    monkeypatch.setenv("MAKIMA_AGENT_IMAGES", env["MAKIMA_AGENT_IMAGES"])
+    monkeypatch.setenv("MAKIMA_AGENT_IMAGE", env["MAKIMA_AGENT_IMAGE"])
+    settings = OperatorSettings()
+    assert settings.agent_image == "registry.example/codex:7"
+    assert settings.agent_images["codex"] == "registry.example/codex:7"
+    assert settings.agent_images["gemini"] == "ghcr.io/makima-dev/makima:0.1.0-agent-gemini"
+
+
+def test_values_refuse_an_unknown_agent_profile() -> None:
+    with pytest.raises(Exception, match="profile"):
+        render({"agent": {"profile": "cursor"}})

@@ -12,10 +12,8 @@ from dockerfile_parse import DockerfileParser
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def parsed() -> DockerfileParser:
-    parser = DockerfileParser(path=str(ROOT / "Dockerfile"))
-    return parser
+RUNTIME = "runtime"  # the stage every role runs from; the default (last) target re-exports it
+AGENT_TARGETS = ("agent-claude", "agent-codex", "agent-gemini", "agent-opencode", "agent-aider")
 
 
 def _stages(parser: DockerfileParser) -> list[list[dict]]:
@@ -28,18 +26,47 @@ def _stages(parser: DockerfileParser) -> list[list[dict]]:
     return stages
 
 
-def test_multi_stage_slim_python(parsed: DockerfileParser) -> None:
-    stages = _stages(parsed)
-    assert len(stages) >= 2, "builder stage + runtime stage"
-    assert parsed.is_multistage
-    # ARGs declared before the first FROM parameterise the base images
-    global_args: dict[str, str] = {}
-    for instr in parsed.structure:
+def _stage_name(stage: list[dict]) -> str | None:
+    words = stage[0]["value"].split()
+    return words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+
+
+def _named(parser: DockerfileParser) -> dict[str, list[dict]]:
+    return {name: st for st in _stages(parser) if (name := _stage_name(st))}
+
+
+@pytest.fixture(scope="module")
+def whole() -> DockerfileParser:
+    return DockerfileParser(path=str(ROOT / "Dockerfile"))
+
+
+@pytest.fixture(scope="module")
+def parsed(whole: DockerfileParser, tmp_path_factory: pytest.TempPathFactory) -> DockerfileParser:
+    """The Dockerfile up to the end of the runtime stage (envs, labels, USER of that stage)."""
+    stage = _named(whole)[RUNTIME]
+    lines = (ROOT / "Dockerfile").read_text().splitlines(keepends=True)
+    path = tmp_path_factory.mktemp("dockerfile") / "Dockerfile"
+    path.write_text("".join(lines[: stage[-1]["endline"] + 1]))
+    return DockerfileParser(path=str(path))
+
+
+def _global_args(parser: DockerfileParser) -> dict[str, str]:
+    """ARGs declared before the first FROM (they parameterise the base images and versions)."""
+    out: dict[str, str] = {}
+    for instr in parser.structure:
         if instr["instruction"] == "FROM":
             break
         if instr["instruction"] == "ARG" and "=" in instr["value"]:
             key, _, default = instr["value"].partition("=")
-            global_args[key.strip()] = default.strip()
+            out[key.strip()] = default.strip()
+    return out
+
+
+def test_multi_stage_slim_python(parsed: DockerfileParser) -> None:
+    stages = _stages(parsed)
+    assert len(stages) >= 2, "builder stage + runtime stage"
+    assert parsed.is_multistage
+    global_args = _global_args(parsed)
     for stage in stages:
         image = stage[0]["value"].split()[0]
         for key, default in global_args.items():
@@ -105,3 +132,42 @@ def test_home_is_writable_under_a_read_only_root(parsed: DockerfileParser) -> No
     # Operator, daemon and Job pods mount an emptyDir on /tmp and nothing else writable.
     assert parsed.envs.get("HOME") == "/tmp"
     assert parsed.envs["PATH"].startswith("/opt/makima/bin")
+
+
+def test_default_target_is_the_plain_runtime(whole: DockerfileParser) -> None:
+    last = _stages(whole)[-1]
+    assert last[0]["value"].split()[0] == RUNTIME, "a build without --target must give the operator image"
+    assert len(last) == 1, f"the default target adds nothing to the runtime: {last[1:]}"
+
+
+def test_each_profile_has_an_agent_target_with_its_pinned_cli(whole: DockerfileParser) -> None:
+    from makima.agents import PROFILES
+
+    named = _named(whole)
+    global_args = _global_args(whole)
+    text = (ROOT / "Dockerfile").read_text()
+    targets = {p.image_target: p for p in PROFILES.values() if p.image_target}
+    assert sorted(targets) == sorted(AGENT_TARGETS)
+    for target, profile in targets.items():
+        assert profile.package is not None
+        stage = named.get(target)
+        assert stage is not None, f"no Dockerfile target {target} for profile {profile.name}"
+        assert stage[0]["value"].split()[0] == RUNTIME, f"{target} builds on the runtime stage"
+        users = [i["value"].strip() for i in stage if i["instruction"] == "USER"]
+        assert users and users[-1] == "10001:10001", f"{target} runs as the non-root runtime user"
+        # the CLI comes from a stage that installs exactly the pinned package
+        sources = [i["value"].split()[0].removeprefix("--from=") for i in stage if i["instruction"] == "COPY"]
+        installers = [named[s] for s in sources if s in named and s != "node"]
+        assert len(installers) == 1, f"{target}: one installer stage, got {sources}"
+        install = " ".join(i["value"] for i in installers[0] if i["instruction"] == "RUN")
+        version_arg = next(k for k, v in global_args.items() if v == profile.package.version and k.endswith("VERSION"))
+        sep = "@" if profile.package.registry == "npm" else "=="
+        assert f"{profile.package.name}{sep}${{{version_arg}}}" in install, (target, install)
+        assert ("npm install" if profile.package.registry == "npm" else "pip install") in install
+        # and its binary is on the stage's PATH
+        path_env = " ".join(i["value"] for i in stage if i["instruction"] == "ENV")
+        assert "PATH=" in path_env, f"{target} puts the CLI on PATH"
+    node = global_args["NODE_IMAGE"]
+    assert re.fullmatch(r"node:\d+-bookworm-slim", node), "node from the runtime's Debian release"
+    assert "bookworm" in global_args["PYTHON_IMAGE"]
+    assert text.count("--target agent-claude") >= 1, "the header says how to build an agent image"

@@ -50,6 +50,33 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* Image of agent pods for one profile (the argument): agent.images[profile], else the
+     operator image with the tag suffix of the profile's Dockerfile target (agent-<cli>);
+     the scripted agent needs nothing but makima, so it gets the operator image. */}}
+{{- define "makima.agentImageFor" -}}
+{{- $root := index . 0 -}}
+{{- $profile := index . 1 -}}
+{{- $targets := dict "claude-code" "agent-claude" "codex" "agent-codex" "gemini" "agent-gemini" "opencode" "agent-opencode" "aider" "agent-aider" -}}
+{{- $given := index ($root.Values.agent.images | default dict) $profile -}}
+{{- if $given -}}
+{{- $given -}}
+{{- else if hasKey $targets $profile -}}
+{{- printf "%s:%s-%s" $root.Values.image.repository (default $root.Chart.AppVersion $root.Values.image.tag) (get $targets $profile) -}}
+{{- else -}}
+{{- include "makima.image" $root -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Every profile's image, as JSON (MAKIMA_AGENT_IMAGES). */}}
+{{- define "makima.agentImages" -}}
+{{- $root := . -}}
+{{- $out := dict -}}
+{{- range $p := list "claude-code" "codex" "gemini" "opencode" "aider" "scripted" -}}
+{{- $_ := set $out $p (include "makima.agentImageFor" (list $root $p)) -}}
+{{- end -}}
+{{- toJson $out -}}
+{{- end -}}
+
 {{/* URL Job pods and daemons use to reach the operator API. */}}
 {{- define "makima.apiUrl" -}}
 {{- if .Values.operator.apiUrl -}}

@@ -17,7 +17,8 @@ What lands in `tasks.result` (JSON), for the controller:
   generation 1), after which nothing more is accepted;
 - completion: `{"pull_request_url": url, "pull_request": {"url", "branch"}, ...}`;
 - every kind, on its result: the TaskResult fields (`outcome`, `branch`, `commit`,
-  `changed_files`, `message`, `pull_request_url`), merged over what is already there.
+  `changed_files`, `message`, `pull_request_url`, `usage`), merged over what is already there;
+  a result's `usage` also counts into makima_agent_tokens_total / makima_agent_cost_usd_total.
 Events of type `heartbeat` only refresh `heartbeat_at`; they are not stored.
 """
 
@@ -239,6 +240,12 @@ async def post_result(request: web.Request) -> web.Response:
     else:
         raise _conflict(task.id)
     metrics.TASK_REPORTS.labels(report="result").inc()
+    if report.usage is not None:  # counted once: a replayed report is answered above
+        agent = report.usage.agent or "custom"
+        metrics.AGENT_TOKENS.labels(agent, task.namespace, "input").inc(report.usage.input_tokens)
+        metrics.AGENT_TOKENS.labels(agent, task.namespace, "output").inc(report.usage.output_tokens)
+        if report.usage.cost_usd is not None:
+            metrics.AGENT_COST.labels(agent, task.namespace).inc(report.usage.cost_usd)
     if task.executor == "daemon":
         deps.hub.task_finished(task.executor_ref, task.id)  # before the fast path routes new work
     await _notify(deps, task)

@@ -11,12 +11,14 @@ never inlined) and the repository credentials the directive names.
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import naming
+from ..agents import DEFAULT_PROFILE
 from ..kube import Kube
-from ..models import Directive, parse_duration
+from ..models import Agent, Directive, parse_duration
 from ..tasks import Task
 
 WORKSPACE = "/workspace"
@@ -31,6 +33,16 @@ class JobDefaults:
     ttl_seconds: int = 3600
     service_account: str | None = None
     image_pull_policy: str = "IfNotPresent"
+    profile: str = DEFAULT_PROFILE  # the operator's default agent profile
+    images: Mapping[str, str] = field(default_factory=dict)  # image per profile; `image` otherwise
+
+
+def agent_image(agent: Agent, defaults: JobDefaults) -> str:
+    """The image of a task's pod: spec.agent.image, else the image of its profile, else the default."""
+    if agent.image:
+        return agent.image
+    name = agent.profile.value if agent.profile is not None else defaults.profile
+    return defaults.images.get(name) or defaults.image
 
 
 def owner_reference(obj: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +113,7 @@ def build_job(task: Task, directive: Directive, owner: dict[str, Any], defaults:
         "containers": [
             {
                 "name": "runner",
-                "image": agent.image or defaults.image,
+                "image": agent_image(agent, defaults),
                 "imagePullPolicy": defaults.image_pull_policy,
                 # Relative to workingDir (the workspace emptyDir); HOME=/tmp comes from the image.
                 "command": ["makima", "task", "run", "--workdir", "repo"],

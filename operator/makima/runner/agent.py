@@ -28,6 +28,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections import deque
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from .. import agents
 from ..protocol import AgentSettings, EventType
 from . import proctree
 from .git import ENV_GIT_TOKEN, ENV_GIT_USERNAME, IDENTITY_EMAIL, IDENTITY_NAME
@@ -43,19 +46,9 @@ from .report import Reporter
 
 log = logging.getLogger(__name__)
 
-CLAUDE_CODE_PROFILE: Final[dict[str, Any]] = {
-    "command": ["claude", "-p", "--dangerously-skip-permissions", "--output-format", "text"],
-    "env": {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"},
-}
-SCRIPTED_PROFILE: Final[dict[str, Any]] = {
-    "command": ["makima", "agent", "scripted"],
-    "env": {},
-}
-PROFILES: Final[dict[str, dict[str, Any]]] = {
-    "claude-code": CLAUDE_CODE_PROFILE,
-    "scripted": SCRIPTED_PROFILE,
-}
-DEFAULT_PROFILE = "claude-code"
+# The profiles themselves are data in makima.agents (one per CLI, plus the scripted agent).
+PROFILES: Final[dict[str, agents.Profile]] = agents.PROFILES
+DEFAULT_PROFILE = agents.DEFAULT_PROFILE
 
 # Environment the agent must not see.
 SECRET_ENV: Final[frozenset[str]] = frozenset(
@@ -66,6 +59,7 @@ MAX_LINE_CHARS = 4000
 MAX_TOTAL_LINES = 20_000
 MAX_TOTAL_BYTES = 4 * 1024 * 1024
 MAX_EVENT_BYTES = 12 * 1024  # below the protocol's per-payload bound
+MAX_PARSED_LINE_BYTES = 1024 * 1024  # a structured-output line (a CLI's final JSON) is read whole up to this
 TAIL_LINES = 30
 KILL_GRACE_SECONDS = 5.0
 
@@ -73,15 +67,37 @@ MODE_TASK = "task"
 MODE_CONFLICT = "conflict"
 
 
-def profile(name: str = DEFAULT_PROFILE, *, timeout_seconds: float | None = None) -> AgentSettings:
-    """The named profile as `AgentSettings`."""
-    try:
-        data = dict(PROFILES[name])
-    except KeyError:
-        raise ValueError(f"unknown agent profile {name!r}; known: {', '.join(sorted(PROFILES))}") from None
+def profile(
+    name: str = DEFAULT_PROFILE, *, timeout_seconds: float | None = None, command: list[str] | None = None
+) -> AgentSettings:
+    """The named profile as `AgentSettings` (`command` replaces the profile's own)."""
+    p = agents.get_profile(name)
+    data: dict[str, Any] = {
+        "command": list(command or p.command),
+        "env": dict(p.env),
+        "profile": p.name.value,
+        "key_env": list(p.key_env),
+        "refuses_root": p.refuses_root,
+        "image_target": p.image_target,
+        "package": p.package.spec if p.package else None,
+        "usage_format": p.usage_format,
+    }
     if timeout_seconds is not None:
         data["timeout_seconds"] = timeout_seconds
     return AgentSettings.model_validate(data)
+
+
+def check_agent(settings: AgentSettings, env: Mapping[str, str]) -> str | None:
+    """Why this agent cannot start with this environment (agent and missing thing named), or None."""
+    req = agents.Requirements(
+        name=settings.profile,
+        command=tuple(settings.command),
+        key_env=tuple(settings.key_env),
+        refuses_root=settings.refuses_root,
+        image_target=settings.image_target,
+        package=settings.package,
+    )
+    return agents.preflight(req, env, which=shutil.which, euid=os.geteuid())
 
 
 @dataclass(frozen=True)
@@ -108,6 +124,7 @@ class AgentOutcome:
     error: str | None = None  # could not start, etc.
     duration: float = 0.0
     tail: list[str] = field(default_factory=list)
+    usage: agents.Usage | None = None
 
     @property
     def ok(self) -> bool:
@@ -246,17 +263,53 @@ async def run_agent(
 ) -> AgentOutcome:
     """Run the agent to completion (or timeout). Never raises for agent failures."""
     env = agent_env(context, mode=mode, conflict_files=conflict_files, profile_env=settings.env, base=base_env)
+    problem = check_agent(settings, env)
+    if problem is not None:
+        await reporter.event(EventType.PROGRESS, {"message": problem, "mode": mode, "agent": settings.profile})
+        return AgentOutcome(None, error=problem)
     streamer = OutputStreamer(reporter, mode, flush_seconds=flush_seconds)
+    collector = agents.UsageCollector(settings.profile, settings.usage_format)
     started = time.monotonic()
     await reporter.event(
         EventType.PROGRESS,
-        {"message": f"agent started ({mode})", "command": settings.command[0], "mode": mode},
+        {"message": f"agent started ({mode})", "command": settings.command[0], "mode": mode, "agent": settings.profile},
     )
+    with contextlib.ExitStack() as cleanup:
+        argv, stdin_text = _argv(settings.command, prompt, cleanup)
+        return await _run(settings, argv, stdin_text, workdir, env, reporter, streamer, collector, mode, started)
+
+
+def _argv(command: list[str], prompt: str, cleanup: contextlib.ExitStack) -> tuple[list[str], str]:
+    """The command with the prompt placed where the profile wants it; what goes on stdin."""
+    if agents.prompt_on_stdin(command):
+        return list(command), prompt
+    prompt_file = None
+    if agents.needs_prompt_file(command):
+        # In $TMPDIR (an emptyDir in pods), never in the clone the agent commits from.
+        fd, prompt_file = tempfile.mkstemp(prefix="makima-prompt-", suffix=".md")
+        with os.fdopen(fd, "w") as fh:
+            fh.write(prompt)
+        cleanup.callback(lambda: Path(prompt_file).unlink(missing_ok=True))
+    return agents.render_command(command, prompt, prompt_file), ""
+
+
+async def _run(
+    settings: AgentSettings,
+    argv: list[str],
+    prompt: str,
+    workdir: Path,
+    env: dict[str, str],
+    reporter: Reporter,
+    streamer: OutputStreamer,
+    collector: agents.UsageCollector,
+    mode: str,
+    started: float,
+) -> AgentOutcome:
     marker = uuid.uuid4().hex
     env[proctree.ENV_AGENT_RUN] = marker
     try:
         proc = await asyncio.create_subprocess_exec(
-            *settings.command,
+            *argv,
             cwd=str(workdir),
             env=env,
             stdin=asyncio.subprocess.PIPE,
@@ -288,12 +341,17 @@ async def run_agent(
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for raw in lines:
-                await streamer.line(name, raw.decode(errors="replace").rstrip("\r"))
-            if len(pending) > MAX_LINE_CHARS * 4:  # an endless line: cut it here
-                await streamer.line(name, pending.decode(errors="replace"))
+                await line(name, raw.decode(errors="replace").rstrip("\r"))
+            if len(pending) > MAX_PARSED_LINE_BYTES:  # an endless line: cut it here
+                await line(name, pending.decode(errors="replace"))
                 pending = b""
         if pending:
-            await streamer.line(name, pending.decode(errors="replace").rstrip("\r"))
+            await line(name, pending.decode(errors="replace").rstrip("\r"))
+
+    async def line(name: str, text: str) -> None:
+        if name == "stdout":
+            collector.line(text)
+        await streamer.line(name, text)
 
     io = [
         asyncio.create_task(feed()),
@@ -329,7 +387,10 @@ async def run_agent(
         timed_out=timed_out,
         duration=time.monotonic() - started,
         tail=list(streamer.tail),
+        usage=collector.usage(),
     )
+    if outcome.usage is not None:
+        await reporter.event(EventType.USAGE, {**outcome.usage.wire(), "mode": mode})
     await reporter.event(
         EventType.PROGRESS,
         {

@@ -22,7 +22,9 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from ..agents import Usage, total_usage
 from ..client import ENV_API_URL, ENV_TASK_TOKEN
 from ..protocol import EventType, Outcome, TaskResult, TaskSpec
 from ..tasks import TaskKind
@@ -61,7 +63,8 @@ async def run_task(
     creds = credentials if credentials is not None and credentials.token else None
     creds = creds or GitCredentials.resolve(spec.credentials, env)
     redactor = Redactor([task_token, creds.token, *(spec.credentials or {}).values()])
-    rep = RedactingReporter(reporter, redactor)
+    tally = UsageTally(RedactingReporter(reporter, redactor))
+    rep: Reporter = tally
     workdir = _prepare_dir(workdir)
     origin = origin_of(spec.workspace.repo_url)
     guard = Guard(credentials=creds, origin=origin, global_config=global_config_snapshot(env))
@@ -121,10 +124,34 @@ async def run_task(
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await heartbeat
-    result = result.model_copy(update={"message": redactor.text(result.message)})
+    result = result.model_copy(update={"message": redactor.text(result.message), "usage": tally.total()})
     await rep.event(EventType.RESULT, result.model_dump(mode="json", exclude_none=True))
     await rep.flush()
     return result
+
+
+class UsageTally:
+    """A reporter that passes everything on and sums the `usage` events of the task's agent runs."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+        self.records: list[Usage] = []
+
+    async def event(self, type: EventType, payload: dict[str, Any]) -> None:
+        if type is EventType.USAGE:
+            fields = {k: v for k, v in payload.items() if k != "mode"}
+            with contextlib.suppress(ValueError):
+                self.records.append(Usage.model_validate(fields))
+        await self.inner.event(type, payload)
+
+    async def flush(self) -> None:
+        await self.inner.flush()
+
+    async def submit_pull_request(self, url: str, branch: str | None) -> None:
+        await self.inner.submit_pull_request(url, branch)
+
+    def total(self) -> Usage | None:
+        return total_usage(self.records)
 
 
 def _prepare_dir(workdir: Path) -> Path:
