@@ -55,7 +55,7 @@ def main() -> int:
         else:
             _down()
             shutil.rmtree(STATE, ignore_errors=True)
-            plane = ControlPlane(STATE, build(log=print))
+            plane = ControlPlane(STATE, build(log=print), tied=False)
             plane.start()
             plane.procs.clear()  # leave them running: `down` stops them by their pid files
             print(f"control plane {release()} at {plane.url}; logs in {STATE}")

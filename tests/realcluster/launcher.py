@@ -131,6 +131,9 @@ class ControlPlane:
     root: Path
     bins: Path
     node_agent: bool = True
+    # End with the process that started them (a killed pytest leaves no control plane behind);
+    # `python -m tests.realcluster up` turns this off to leave them running.
+    tied: bool = True
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     url: str = ""
     pki: Pki | None = None
@@ -158,6 +161,7 @@ class ControlPlane:
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,
+            preexec_fn=_die_with_parent if self.tied else None,
         )
         logfile.close()
         (self.root / f"{name}.pid").write_text(str(self.procs[name].pid))
@@ -326,6 +330,14 @@ class ControlPlane:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL when the parent exits (Linux PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG; test data only
 
 
 def _node_ready(answer: tuple[int, Any]) -> bool:
