@@ -14,20 +14,43 @@ from .tasks import DEPS_KEY
 
 log = logging.getLogger(__name__)
 
-READY_TIMEOUT = 5.0
+READY_TIMEOUT = 2.0  # below the chart's readiness probe timeout (3 s)
+_CHECK_KEY: web.AppKey[asyncio.Future[bool]] = web.AppKey("makima_ready_check", asyncio.Future)
 
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+def _consume(check: asyncio.Future[bool]) -> None:
+    if not check.cancelled():
+        check.exception()  # retrieved here, so a check that failed after its probe answered is not logged as lost
+
+
 async def readyz(request: web.Request) -> web.Response:
+    """503 unless `deps.ready()` says yes within READY_TIMEOUT.
+
+    The check runs as its own task and the answer does not wait for it to be cancelled: a
+    database that stops answering can make a cancelled query slow to unwind, and a probe
+    must get its answer in time anyway. A check still running is reused by the next probe.
+    """
     deps = request.app[DEPS_KEY]
-    try:
-        ready = await asyncio.wait_for(deps.ready(), timeout=READY_TIMEOUT)
-    except Exception as exc:
-        log.warning("readiness check failed: %s", type(exc).__name__)
-        ready = False
+    check = request.app.get(_CHECK_KEY)
+    if check is None or check.done():
+        check = asyncio.ensure_future(deps.ready())
+        check.add_done_callback(_consume)
+        request.app[_CHECK_KEY] = check
+    done, _ = await asyncio.wait({check}, timeout=READY_TIMEOUT)
+    ready = False
+    if check in done:
+        request.app.pop(_CHECK_KEY, None)
+        exc = check.exception()
+        if exc is not None:
+            log.warning("readiness check failed: %s", type(exc).__name__)
+        else:
+            ready = bool(check.result())
+    else:
+        log.warning("readiness check did not answer within %.1fs", READY_TIMEOUT)
     if ready:
         return web.json_response({"status": "ready"})
     return json_response({"error": "not ready"}, status=503)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..agents import Usage, total_usage
-from ..client import ENV_API_URL, ENV_TASK_TOKEN
+from ..client import ENV_API_URL, ENV_TASK_TOKEN, ApiError
 from ..protocol import EventType, Outcome, TaskResult, TaskSpec
 from ..tasks import TaskKind
 from .agent import MODE_CONFLICT, AgentContext, AgentOutcome, run_agent
@@ -126,7 +126,10 @@ async def run_task(
             await heartbeat
     result = result.model_copy(update={"message": redactor.text(result.message), "usage": tally.total()})
     await rep.event(EventType.RESULT, result.model_dump(mode="json", exclude_none=True))
-    await rep.flush()
+    try:
+        await rep.flush()
+    except ApiError as exc:  # the events stay queued; the result is what matters now
+        log.warning("task events not delivered yet: %s", exc)
     return result
 
 
