@@ -15,7 +15,15 @@ from .tasks import DEPS_KEY
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 2.0  # below the chart's readiness probe timeout (3 s)
-_CHECK_KEY: web.AppKey[asyncio.Future[bool]] = web.AppKey("makima_ready_check", asyncio.Future)
+
+
+class _Pending:
+    """The readiness check still running, if any (one per app, set up with the routes)."""
+
+    check: asyncio.Future[bool] | None = None
+
+
+_CHECK_KEY: web.AppKey[_Pending] = web.AppKey("makima_ready_check", _Pending)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -35,15 +43,15 @@ async def readyz(request: web.Request) -> web.Response:
     must get its answer in time anyway. A check still running is reused by the next probe.
     """
     deps = request.app[DEPS_KEY]
-    check = request.app.get(_CHECK_KEY)
+    pending = request.app[_CHECK_KEY]
+    check = pending.check
     if check is None or check.done():
-        check = asyncio.ensure_future(deps.ready())
+        check = pending.check = asyncio.ensure_future(deps.ready())
         check.add_done_callback(_consume)
-        request.app[_CHECK_KEY] = check
     done, _ = await asyncio.wait({check}, timeout=READY_TIMEOUT)
     ready = False
     if check in done:
-        request.app.pop(_CHECK_KEY, None)
+        pending.check = None
         exc = check.exception()
         if exc is not None:
             log.warning("readiness check failed: %s", type(exc).__name__)
@@ -63,6 +71,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[_CHECK_KEY] = _Pending()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
