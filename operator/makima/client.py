@@ -186,6 +186,10 @@ class TaskClient:
             self._own_session = True
         return self._session
 
+    def cover(self, spec: TaskSpec) -> None:
+        """Keep retrying for as long as this attempt may run: at least its own timeout."""
+        self.patience = max(self.patience, spec.agent.timeout_seconds)
+
     # ---- calls -----------------------------------------------------------------------------
 
     async def get_task(self) -> TaskSpec:

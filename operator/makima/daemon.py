@@ -116,6 +116,7 @@ def api_runner(api_url: str, env: Mapping[str, str] | None = None) -> TaskRunner
         from .runner.run import run_task
 
         async with TaskClient(api_url, spec.task_id, token) as client:
+            client.cover(spec)  # reports are retried for as long as this attempt could still be valid
             try:
                 async with ApiReporter(client) as reporter:
                     result = await run_task(

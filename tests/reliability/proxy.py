@@ -8,6 +8,8 @@ thread with its own event loop and forwards every connection to the target. Then
   retransmitted). The parts see silence, which is what bounded timeouts are for.
 - `heal()`: forwarding resumes; connections that survived the cut carry on.
 - `reset()`: every open connection is closed at once (a restarted peer, a NAT dropping state).
+- `refuse()`: `reset()`, and every new connection is closed at once until `heal()` (the
+  peer is down: what a client of a restarting operator sees). `refused` counts them.
 
 Used by tests/reliability only; it listens on loopback and connects only to the target given.
 """
@@ -25,6 +27,8 @@ class CutProxy:
         self.target = (target_host, target_port)
         self.port = 0
         self.cuts = 0
+        self.refused = 0
+        self._refusing = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._open: asyncio.Event | None = None
@@ -70,7 +74,12 @@ class CutProxy:
 
     def heal(self) -> None:
         assert self._loop is not None and self._open is not None
+        self._refusing = False
         self._loop.call_soon_threadsafe(self._open.set)
+
+    def refuse(self) -> None:
+        self._refusing = True
+        self.reset()
 
     def reset(self) -> None:
         assert self._loop is not None
@@ -95,6 +104,10 @@ class CutProxy:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         assert self._open is not None
+        if self._refusing:
+            self.refused += 1
+            writer.transport.abort()
+            return
         self._writers.add(writer)
         try:
             await self._open.wait()
