@@ -42,3 +42,7 @@ async def cut_store(proxied_dsn: str) -> AsyncIterator[TaskStore]:
         yield store
     finally:
         await store.close()
+
+
+# The sandbox, a bare origin repository and a free port, from the integration suite's fixtures.
+from tests.integration.conftest import free_port, origin, sandbox  # noqa: E402, F401
