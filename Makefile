@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install demo test lint typecheck unit e2e crds bench clean control-plane cluster-up cluster-down
+.PHONY: install demo test lint typecheck unit e2e crds bench chaos clean control-plane cluster-up cluster-down
 
 $(PY):
 	python3 -m venv $(VENV)
