@@ -306,9 +306,11 @@ class Daemon:
         except Exception:
             log.exception("task %s: runner failed", spec.task_id)
         finally:
-            self.tasks.pop(spec.task_id, None)
-            if not self.config.keep_workspaces:
-                await asyncio.to_thread(shutil.rmtree, workdir, True)
+            try:
+                if not self.config.keep_workspaces:
+                    await asyncio.to_thread(shutil.rmtree, workdir, True)
+            finally:
+                self.tasks.pop(spec.task_id, None)  # after the cleanup: a task listed as gone left nothing behind
             await self._beat_now()  # the slot is free: say so now, not at the next periodic beat
 
     async def _beat_now(self) -> None:
