@@ -65,7 +65,7 @@ class ChaosConfig:
     cut_seconds: tuple[float, float] = (2.0, 5.0)
     down_seconds: tuple[float, float] = (0.0, 1.5)  # how long the operator stays dead
     gap_seconds: tuple[float, float] = (0.5, 3.0)  # between disturbances
-    heartbeat_timeout: float = 30.0
+    heartbeat_timeout: float = 60.0
     timeout: float = 600.0  # for the whole directive
     seed: int = 14
 
@@ -332,8 +332,9 @@ async def _disturb(
     rng.shuffle(actions)
     for what in actions:
         await asyncio.sleep(rng.uniform(*config.gap_seconds))
-        if (await cluster.directive("chaos")).get("status", {}).get("phase") == "Completed":
-            log(f"chaos: completed before the remaining {len(actions)} disturbance(s)")
+        phase = (await cluster.directive("chaos")).get("status", {}).get("phase")
+        if phase in ("Completed", "Failed", "Paused"):
+            log(f"chaos: {phase} before the remaining disturbance(s)")
             return
         if what == "kill":
             killed = time.monotonic()
