@@ -8,8 +8,9 @@ Every call is idempotent on the server (an event batch carries an id, a step or 
 sent again is recognised), so every call is retried, with one policy (`tenacity`):
 exponential backoff with jitter, at least as long as the operator's `Retry-After`, on
 connection errors, timeouts, 408/409/425/429 and 5xx answers, for as long as the attempt
-could still be valid: `patience` seconds (default 600, `MAKIMA_REPORT_PATIENCE_SECONDS`),
-more than the heartbeat timeout and an operator restart. An answer that says the attempt
+could still be valid: `patience` seconds (default 600, `MAKIMA_REPORT_PATIENCE_SECONDS`,
+raised to the task's own timeout by `cover(spec)`), more than the heartbeat timeout and an
+operator restart. An answer that says the attempt
 is over (401/403: its token is refused) or that the request is wrong (400, 404, 413, 422)
 is final at once.
 
