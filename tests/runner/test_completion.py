@@ -106,9 +106,13 @@ async def test_completion_merges_only_the_sinks(remote: Path, tmp_path: Path, re
         },
         "conflict": {"strategy": "leave"},
     }
-    for name, start, merge in [("left", None, []), ("right", None, []), ("other", None, [])] + [
-        ("join", "makima/step-left", ["makima/step-right"])
-    ]:
+    built: list[tuple[str, str | None, list[str]]] = [
+        ("left", None, []),
+        ("right", None, []),
+        ("other", None, []),
+        ("join", "makima/step-left", ["makima/step-right"]),
+    ]
+    for name, start, merge in built:
         spec = step_spec(remote, name, scripted_agent(script), start_from=start, merge=merge)
         res = await run_task(spec, RecordingReporter(), tmp_path / name)
         assert res.outcome == Outcome.SUCCEEDED, res.message

@@ -160,7 +160,7 @@ def gated_agent(signals: Path, name: str, content: str) -> AgentSettings:
 async def wait_for_file(path: Path, timeout: float = 60) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not path.exists():
+    while not await asyncio.to_thread(path.exists):
         assert loop.time() < deadline, f"{path.name} did not appear"
         await asyncio.sleep(0.02)
 
