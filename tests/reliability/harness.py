@@ -64,7 +64,8 @@ class ChaosConfig:
     cuts: int = 1
     cut_seconds: tuple[float, float] = (2.0, 5.0)
     down_seconds: tuple[float, float] = (0.0, 1.5)  # how long the operator stays dead
-    gap_seconds: tuple[float, float] = (0.5, 3.0)  # between disturbances
+    gap_seconds: tuple[float, float] = (0.0, 2.0)  # after the operator made progress, before the next disturbance
+    progress_timeout: float = 60.0  # a disturbance comes anyway after this long without progress
     heartbeat_timeout: float = 60.0
     timeout: float = 600.0  # for the whole directive
     seed: int = 14
@@ -305,7 +306,7 @@ async def run_chaos(
                     "/apis/makima.dev/v1alpha1/namespaces/default/directives",
                     directive("chaos", origin, script, agent),
                 )
-                await _disturb(config, rng, report, operator, api_path, cluster, session, log)
+                await _disturb(config, rng, report, operator, api_path, cluster, session, executions, log)
                 report.completed = await _wait_completed(cluster, started + config.timeout)
                 report.seconds = time.monotonic() - started
                 if report.completed:
@@ -326,11 +327,15 @@ async def _disturb(
     api_path: CutProxy,
     cluster: Cluster,
     session: aiohttp.ClientSession,
+    executions: Path,
     log: Any,
 ) -> None:
     actions = ["kill"] * config.kills + ["cut"] * config.cuts
     rng.shuffle(actions)
     for what in actions:
+        # Let the operator (or the runners) make some progress first, then strike at a random
+        # moment soon after: a new Job, a step changing phase, an agent starting.
+        await _progress(cluster, executions, time.monotonic() + config.progress_timeout)
         await asyncio.sleep(rng.uniform(*config.gap_seconds))
         phase = (await cluster.directive("chaos")).get("status", {}).get("phase")
         if phase in ("Completed", "Failed", "Paused"):
@@ -349,6 +354,25 @@ async def _disturb(
             await asyncio.sleep(rng.uniform(*config.cut_seconds))
             api_path.heal()
             report.cuts += 1
+
+
+async def _state(cluster: Cluster, executions: Path) -> tuple[Any, ...]:
+    jobs = await cluster.jobs()
+    steps = await cluster.steps("chaos")
+    phases = sorted(
+        (n, (s.get("status") or {}).get("phase"), (s.get("status") or {}).get("attempts")) for n, s in steps.items()
+    )
+    finished = sum(1 for j in jobs if not (j.get("status") or {}).get("active"))
+    return (len(jobs), finished, tuple(phases), len(await asyncio.to_thread(_read_executions, executions)))
+
+
+async def _progress(cluster: Cluster, executions: Path, deadline: float) -> None:
+    """Return once something moved (or at the deadline)."""
+    before = await _state(cluster, executions)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        if await _state(cluster, executions) != before:
+            return
 
 
 async def _wait_completed(cluster: Cluster, deadline: float) -> bool:

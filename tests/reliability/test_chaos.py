@@ -60,7 +60,6 @@ async def test_chaos_long(tmp_path: Path, pg_dsn: str, sandbox: SandboxThread, o
         steps=int(os.environ.get("MAKIMA_CHAOS_STEPS", "30")),
         kills=int(os.environ.get("MAKIMA_CHAOS_KILLS", "200")),
         cuts=int(os.environ.get("MAKIMA_CHAOS_CUTS", "10")),
-        gap_seconds=(0.2, 2.0),
         timeout=float(os.environ.get("MAKIMA_CHAOS_TIMEOUT", "7200")),
     )
     await _run(config, tmp_path, pg_dsn, sandbox, origin)
