@@ -51,6 +51,8 @@ UPDATABLE = frozenset(COLUMNS) - _IMMUTABLE
 _ACTIVE = [s.value for s in ACTIVE_STATES]
 _SELECT = ", ".join(f'"{c}"' for c in COLUMNS)
 
+MIGRATION_TIMEOUT = 1800.0
+
 _RETRYABLE: tuple[type[BaseException], ...] = (
     OSError,  # refused / reset while connecting
     TimeoutError,  # connect timeout
@@ -210,9 +212,12 @@ class TaskStore:
         *,
         attempts: int | None = None,
         timeout: float | None = None,
+        per_try: float | None = None,
     ) -> T:
         attempts = attempts or self.retry_attempts
-        per_try = min(self.attempt_timeout, timeout) if timeout is not None else self.attempt_timeout
+        per_try = per_try or self.attempt_timeout
+        if timeout is not None:
+            per_try = min(per_try, timeout)
         deadline = time.monotonic() + (timeout if timeout is not None else self.op_timeout)
         delay = self.retry_base
         for attempt in range(1, attempts + 1):
@@ -275,7 +280,8 @@ class TaskStore:
 
     async def migrate(self) -> list[str]:
         """Apply pending migrations (advisory-locked); return the versions applied now."""
-        return await self._run(migrations.migrate)
+        # Not the per-query bound: a migration may rewrite a table, and waits for a replica's lock.
+        return await self._run(migrations.migrate, timeout=MIGRATION_TIMEOUT, per_try=MIGRATION_TIMEOUT)
 
     async def ping(self, timeout: float = 1.5) -> bool:
         """One quick round-trip, within `timeout`; updates `healthy`."""
