@@ -10,8 +10,9 @@ What runs, all on this machine:
   cut at random moments for a few seconds: runner reports and heartbeats wait in silence;
 - the scripted agent behind a wrapper that appends every execution to a log first.
 
-The directive is generated: diamonds whose two sides conflict and whose join resolves the
-conflict (union), parallel leaves, and one step that fails its first attempt. Without
+The directive is generated: a chain of diamonds whose two sides run in parallel and
+conflict, and whose join resolves the conflict (union), and one step that fails its first
+attempt. Without
 disturbance, every step takes one attempt except that one (two), planning and completion
 one each: that is what `expected_attempts` says, and what a disturbed run must record too.
 
@@ -131,11 +132,6 @@ def chaos_plan(n: int) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, 
             if name == join:
                 scripts[name]["conflict"] = {"strategy": "union"}
         prev = join
-    for leaf in range(2):  # a parallel phase at the end, if there is room
-        if len(plan) < n + 2 and prev is not None and len(plan) < max(n, 3):
-            name = f"leaf-{leaf}"
-            plan.append({"name": name, "title": f"Step {name}", "dependsOn": [prev], "orderIndex": len(plan)})
-            scripts[name] = {"files": {f"steps/{name}.txt": f"{name}\n"}}
     expected = {p["name"]: 1 for p in plan}
     flaky = plan[min(1, len(plan) - 1)]["name"]
     scripts[flaky]["fail_attempts"] = [1]
