@@ -336,13 +336,12 @@ def _expiry_reason(task: Task, now: datetime, timeout: timedelta, config: Reconc
         if last is not None and (now - last).total_seconds() > limit:
             who = f"daemon {task.executor_ref}" if daemon else f"job {task.executor_ref or ''}".rstrip()
             return f"no heartbeat from {who} since {_iso(last)}"
-    waiting_since = task.heartbeat_at or task.created_at  # heartbeat_at: a restarted operator adopted it
     if (
         task.state is TaskState.PENDING
-        and waiting_since is not None
-        and (now - waiting_since).total_seconds() > config.heartbeat_timeout_seconds
+        and task.created_at is not None
+        and (now - task.created_at).total_seconds() > config.heartbeat_timeout_seconds
     ):
-        return f"never handed to an executor since {_iso(waiting_since)}"
+        return f"never handed to an executor since {_iso(task.created_at)}"
     return None
 
 

@@ -122,20 +122,3 @@ async def test_event_batches_are_stored_once(store: TaskStore) -> None:
     other = await store.append_events(task.id, [("output", {"line": "c"})], batch_id="b2")
     assert (first, again, other) == (2, 2, 3)
     assert [e.payload["line"] for e in await store.events(task.id)] == ["a", "b", "c"]
-
-
-async def test_a_task_left_pending_by_a_crash_gets_a_full_window_too(store: TaskStore) -> None:
-    """Killed between inserting a task and launching it, an operator leaves it pending; the
-    next operator must get to relaunch it, however long the operators were down."""
-    from makima.reconcile import ReconcileConfig, _expiry_reason
-
-    long_ago = datetime.now(UTC) - timedelta(hours=1)
-    pending, _ = await store.create_task(make_task(created_at=long_ago))
-    now = datetime.now(UTC)
-    config = ReconcileConfig(heartbeat_timeout_seconds=60)
-    assert _expiry_reason(pending, now, timedelta(hours=2), config) is not None  # what the seed did at start
-    await store.adopt_active_tasks(now)
-    adopted = await store.get_task(pending.id)
-    assert adopted is not None and adopted.state is TaskState.PENDING
-    assert _expiry_reason(adopted, now, timedelta(hours=2), config) is None
-    assert _expiry_reason(adopted, now + timedelta(seconds=61), timedelta(hours=2), config) is not None

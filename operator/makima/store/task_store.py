@@ -271,8 +271,8 @@ class TaskStore:
             return
         lost = max(time.monotonic() - since, 0.0)
         moved = await conn.execute(
-            "UPDATE tasks SET heartbeat_at = LEAST(COALESCE(heartbeat_at, created_at) + $1::interval, now()) "
-            "WHERE state IN ('pending', 'dispatched', 'running')",
+            "UPDATE tasks SET heartbeat_at = LEAST(heartbeat_at + $1::interval, now()) "
+            "WHERE state IN ('dispatched', 'running') AND heartbeat_at IS NOT NULL",
             timedelta(seconds=lost),
         )
         self._outage_since = None
@@ -292,15 +292,16 @@ class TaskStore:
         return True
 
     async def adopt_active_tasks(self, now: datetime | None = None) -> int:
-        """At an operator's start: every active task gets a full heartbeat window from now,
-        whatever time passed while no operator was running (for a task left pending, its
-        window to be launched). Returns how many."""
+        """At an operator's start: every dispatched or running task gets a full heartbeat window
+        from now, whatever time passed while no operator was running. Returns how many.
+
+        A task left `pending` (its operator died between the insert and the launch) has no
+        runner to wait for: it keeps its creation time, and is lost and retried as before."""
         rows = await self._run(
             lambda c: c.fetch(
                 "UPDATE tasks SET heartbeat_at = GREATEST(heartbeat_at, COALESCE($1::timestamptz, now())) "
-                "WHERE state = ANY($2::text[]) RETURNING id",
+                "WHERE state IN ('dispatched', 'running') RETURNING id",
                 _aware(now),
-                _ACTIVE,
             )
         )
         return len(rows)
