@@ -305,9 +305,13 @@ async def post_steps(request: web.Request) -> web.Response:
     reject_nul(data)
     for _ in range(deps.cas_retries):
         problems, submitted, final = _parse_steps(data)
-        if (task.result or {}).get("final"):
-            raise ApiError(409, f"task {task.id} already marked its plan final: nothing more can be submitted")
         previous = _stored_steps(task)
+        if (task.result or {}).get("final"):
+            stored_before = {s.name: s for s in previous}
+            if final and not problems and all(stored_before.get(s.name) == s for s in submitted):
+                # The very submission that made the plan final, sent again after a lost reply.
+                return web.json_response({"accepted": len(submitted), "total": len(previous)})
+            raise ApiError(409, f"task {task.id} already marked its plan final: nothing more can be submitted")
         if final and not submitted and not previous and task.generation < 2:
             problems.append(Problem(message="the first plan (generation 1) needs at least one step", field="steps"))
         known = {s.name for s in previous}
@@ -332,7 +336,7 @@ async def post_steps(request: web.Request) -> web.Response:
             raise ApiError(
                 422, f"step submission refused with {len(problems)} problem(s); nothing was stored", problems
             )
-        if not new:
+        if not new and not final:
             break  # only steps stored before: nothing to write
         steps = [s.model_dump(mode="json", by_alias=True) for s in previous + new]
         result = {**(task.result or {}), "steps": steps}
@@ -346,7 +350,7 @@ async def post_steps(request: web.Request) -> web.Response:
     else:
         raise _conflict(task.id)
     metrics.TASK_REPORTS.labels(report="steps").inc()
-    if new:
+    if new or final:
         await _notify(deps, task)
     return web.json_response({"accepted": len(new) + replayed, "total": len(previous) + len(new)})
 
