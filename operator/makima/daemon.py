@@ -306,11 +306,9 @@ class Daemon:
         except Exception:
             log.exception("task %s: runner failed", spec.task_id)
         finally:
-            try:
-                if not self.config.keep_workspaces:
-                    await asyncio.to_thread(shutil.rmtree, workdir, True)
-            finally:
-                self.tasks.pop(spec.task_id, None)  # after the cleanup: a task listed as gone left nothing behind
+            self.tasks.pop(spec.task_id, None)  # the slot is free at once (the operator may already reuse it)
+            if not self.config.keep_workspaces:
+                await asyncio.to_thread(shutil.rmtree, workdir, True)
             await self._beat_now()  # the slot is free: say so now, not at the next periodic beat
 
     async def _beat_now(self) -> None:
