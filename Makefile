@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: install demo test lint typecheck unit e2e crds bench clean control-plane cluster-up cluster-down
+.PHONY: install demo test lint typecheck unit e2e crds bench chaos clean control-plane cluster-up cluster-down
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -49,6 +49,16 @@ crds: install
 	$(VENV)/bin/makima crds --out crds/
 	cp crds/*.yaml charts/makima/crds/
 	$(VENV)/bin/makima crds --reference > docs/crd-reference.md
+
+# The long chaos run (tests/reliability/harness.py): a 30-step directive while the operator is
+# SIGKILLed 200 times and the runner-operator path is cut; prints its figures. Sizes:
+# CHAOS_STEPS, CHAOS_KILLS, CHAOS_CUTS (`make chaos CHAOS_KILLS=20`).
+CHAOS_STEPS ?= 30
+CHAOS_KILLS ?= 200
+CHAOS_CUTS ?= 10
+chaos: install
+	MAKIMA_CHAOS=1 MAKIMA_CHAOS_STEPS=$(CHAOS_STEPS) MAKIMA_CHAOS_KILLS=$(CHAOS_KILLS) MAKIMA_CHAOS_CUTS=$(CHAOS_CUTS) \
+		$(PY) -m pytest -q -s -p no:cacheprovider tests/reliability/test_chaos.py -k chaos_long
 
 # Every benchmark side by side: one table, benchmarks/results/latest.{json,png} (and a dated
 # copy). `make bench ARGS=--full` runs the scale benchmark at 2,000 directives x 25 steps.

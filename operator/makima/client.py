@@ -4,9 +4,15 @@ Used by `makima task run`, the task-side `makima directive …` commands and the
 agent. Everything it sends or receives is a `makima.protocol` model; an error answer is
 raised as `ApiError(status, body)` with the server's `ErrorBody` (every problem listed).
 
-Idempotent calls (fetching the spec, posting events, the result and the pull-request
-report) are retried a bounded number of times on connection errors and 5xx answers.
-Step submissions are retried only on connection errors that happened before a reply.
+Every call is idempotent on the server (an event batch carries an id, a step or a result
+sent again is recognised), so every call is retried, with one policy (`tenacity`):
+exponential backoff with jitter, at least as long as the operator's `Retry-After`, on
+connection errors, timeouts, 408/409/425/429 and 5xx answers, for as long as the attempt
+could still be valid: `patience` seconds (default 600, `MAKIMA_REPORT_PATIENCE_SECONDS`,
+raised to the task's own timeout by `cover(spec)`), more than the heartbeat timeout and an
+operator restart. An answer that says the attempt
+is over (401/403: its token is refused) or that the request is wrong (400, 404, 413, 422)
+is final at once.
 
 The token never appears in a log line, an exception message or a repr.
 """
@@ -16,12 +22,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 from pydantic import ValidationError
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay, stop_any
+from tenacity.stop import stop_base
+from tenacity.wait import wait_random_exponential
 
 from .protocol import (
     ErrorBody,
@@ -39,6 +50,11 @@ log = logging.getLogger(__name__)
 ENV_API_URL = "MAKIMA_API_URL"
 ENV_TASK_ID = "MAKIMA_TASK_ID"
 ENV_TASK_TOKEN = "MAKIMA_TASK_TOKEN"
+ENV_PATIENCE = "MAKIMA_REPORT_PATIENCE_SECONDS"
+
+DEFAULT_PATIENCE = 600.0  # > the default heartbeat timeout (120 s) plus an operator restart
+MAX_RETRY_AFTER = 60.0  # a Retry-After beyond this is taken as this
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429}) | frozenset(range(500, 600))
 
 
 class ApiError(Exception):
@@ -59,6 +75,47 @@ class ApiError(Exception):
         return lines
 
 
+class _Transient(ApiError):
+    """A retryable answer or connection error; `retry_after` is the server's hint (seconds)."""
+
+    def __init__(self, status: int, body: ErrorBody, retry_after: float | None = None) -> None:
+        super().__init__(status, body)
+        self.retry_after = retry_after
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """`Retry-After` as seconds (delta-seconds or an HTTP date), capped; None if absent or garbled."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class _WaitHonouringRetryAfter:
+    """Exponential backoff with jitter, never shorter than the server's Retry-After."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.backoff = wait_random_exponential(multiplier=initial, max=maximum)
+
+    def __call__(self, state: RetryCallState) -> float:
+        wait = float(self.backoff(state))
+        exc = state.outcome.exception() if state.outcome is not None else None
+        hint = exc.retry_after if isinstance(exc, _Transient) else None
+        return max(wait, hint) if hint is not None else wait
+
+
 class MissingEnvironment(Exception):
     """`MAKIMA_API_URL`, `MAKIMA_TASK_ID` or `MAKIMA_TASK_TOKEN` is not set."""
 
@@ -72,16 +129,22 @@ class TaskClient:
         task_id: str,
         token: str,
         *,
-        retries: int = 3,
+        patience: float = DEFAULT_PATIENCE,
+        retries: int | None = None,
         retry_delay: float = 0.5,
+        max_retry_delay: float = 10.0,
         timeout: float = 30.0,
         session: aiohttp.ClientSession | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.task_id = task_id
         self._token = token
-        self.retries = retries
+        self.patience = patience  # seconds a call keeps retrying
+        self.retries = retries  # an optional cap on retries, besides patience
         self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
+        self._sleep = sleep  # the waits between tries (tests record them instead)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session = session
         self._own_session = session is None
@@ -98,6 +161,11 @@ class TaskClient:
                 f"not inside a makima task: {', '.join(missing)} not set "
                 "(the runner sets them for the agent and for task-side commands)"
             )
+        if env.get(ENV_PATIENCE) and "patience" not in kwargs:
+            try:
+                kwargs["patience"] = max(float(env[ENV_PATIENCE]), 0.0)
+            except ValueError:
+                raise MissingEnvironment(f"{ENV_PATIENCE} must be a number of seconds") from None
         return cls(env[ENV_API_URL], env[ENV_TASK_ID], env[ENV_TASK_TOKEN], **kwargs)
 
     async def __aenter__(self) -> TaskClient:
@@ -119,65 +187,87 @@ class TaskClient:
             self._own_session = True
         return self._session
 
+    def cover(self, spec: TaskSpec) -> None:
+        """Keep retrying for as long as this attempt may run: at least its own timeout."""
+        self.patience = max(self.patience, spec.agent.timeout_seconds)
+
     # ---- calls -----------------------------------------------------------------------------
 
     async def get_task(self) -> TaskSpec:
-        data = await self._request("GET", f"/v1/tasks/{self.task_id}", None, idempotent=True)
+        data = await self._request("GET", f"/v1/tasks/{self.task_id}", None)
         return TaskSpec.model_validate(data)
 
-    async def post_events(self, events: list[TaskEvent] | EventBatch) -> int | None:
+    async def post_events(self, events: list[TaskEvent] | EventBatch, batch_id: str | None = None) -> int | None:
+        """Post events; a retried batch with the same `batch_id` is stored once."""
         batch = events if isinstance(events, EventBatch) else EventBatch(events=events)
-        data = await self._request("POST", f"/v1/tasks/{self.task_id}/events", batch, idempotent=True)
+        if batch.batch_id is None:
+            batch = batch.model_copy(update={"batch_id": batch_id or uuid.uuid4().hex})
+        data = await self._request("POST", f"/v1/tasks/{self.task_id}/events", batch)
         last = data.get("lastSeq") if isinstance(data, dict) else None
         return last if isinstance(last, int) else None
 
     async def post_result(self, result: TaskResult) -> None:
-        await self._request("POST", f"/v1/tasks/{self.task_id}/result", result, idempotent=True)
+        await self._request("POST", f"/v1/tasks/{self.task_id}/result", result)
 
     async def submit_steps(self, steps: list[StepSubmission] | StepBatch, *, final: bool = False) -> int:
         batch = steps if isinstance(steps, StepBatch) else StepBatch(steps=steps, final=final)
-        data = await self._request("POST", f"/v1/tasks/{self.task_id}/steps", batch, idempotent=False)
+        data = await self._request("POST", f"/v1/tasks/{self.task_id}/steps", batch)
         accepted = data.get("accepted") if isinstance(data, dict) else None
         return accepted if isinstance(accepted, int) else len(batch.steps)
 
     async def report_pull_request(self, url: str, branch: str | None = None) -> None:
         report = PullRequestReport(url=url, branch=branch)
-        await self._request("POST", f"/v1/tasks/{self.task_id}/pull-request", report, idempotent=True)
+        await self._request("POST", f"/v1/tasks/{self.task_id}/pull-request", report)
 
     # ---- plumbing --------------------------------------------------------------------------
 
-    async def _request(self, method: str, path: str, body: Any, *, idempotent: bool) -> Any:
+    async def _request(self, method: str, path: str, body: Any) -> Any:
+        """One call, retried (see the module docstring); raises `ApiError` when it gives up."""
+        stops: list[stop_base] = [stop_after_delay(self.patience)]
+        if self.retries is not None:
+            stops.append(stop_after_attempt(1 + max(0, self.retries)))
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
+            wait=_WaitHonouringRetryAfter(self.retry_delay, self.max_retry_delay),
+            stop=stop_any(*stops),
+            before_sleep=lambda state: self._log_retry(method, path, state),
+            reraise=True,
+            sleep=self._sleep,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._once(method, path, body)
+        except _Transient as exc:
+            raise ApiError(exc.status, exc.body) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _log_retry(method: str, path: str, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        log.warning("%s %s: %s (try %d); retrying in %.1fs", method, path, exc, state.attempt_number, wait)
+
+    async def _once(self, method: str, path: str, body: Any) -> Any:
         url = self.api_url + path
         headers = {"Authorization": f"Bearer {self._token}", "Accept": "application/json"}
         payload = None
         if body is not None:
             headers["Content-Type"] = "application/json"
             payload = body.model_dump_json(by_alias=True, exclude_none=True)
-        attempts = 1 + max(0, self.retries)
-        for attempt in range(1, attempts + 1):
-            sent = False
-            try:
-                session = self._get_session()
-                async with session.request(method, url, data=payload, headers=headers) as resp:
-                    sent = True
-                    text = await resp.text()
-                    if resp.status < 400:
-                        return _json_or_none(text)
-                    error = _error_body(resp.status, text)
-                    if resp.status >= 500 and idempotent and attempt < attempts:
-                        log.warning("%s %s: %s (attempt %d/%d)", method, path, resp.status, attempt, attempts)
-                        await asyncio.sleep(self.retry_delay * attempt)
-                        continue
-                    raise ApiError(resp.status, error)
-            except (TimeoutError, aiohttp.ClientConnectionError) as exc:
-                retryable = idempotent or (not sent and isinstance(exc, aiohttp.ClientConnectorError))
-                if retryable and attempt < attempts:
-                    log.warning("%s %s: %s (attempt %d/%d)", method, path, _describe(exc), attempt, attempts)
-                    await asyncio.sleep(self.retry_delay * attempt)
-                    continue
-                error = ErrorBody(error=f"cannot reach the operator API at {url}: {_describe(exc)}")
-                raise ApiError(0, error) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            session = self._get_session()
+            async with session.request(method, url, data=payload, headers=headers) as resp:
+                text = await resp.text()
+                if resp.status < 400:
+                    return _json_or_none(text)
+                error = _error_body(resp.status, text)
+                if resp.status in RETRYABLE_STATUSES:
+                    raise _Transient(resp.status, error, retry_after_seconds(resp.headers.get("Retry-After")))
+                raise ApiError(resp.status, error)
+        except (TimeoutError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+            error = ErrorBody(error=f"cannot reach the operator API at {url}: {_describe(exc)}")
+            raise _Transient(0, error) from exc
 
 
 def _json_or_none(text: str) -> Any:

@@ -42,6 +42,7 @@ from .reconcile import (
     ExpireTask,
     MarkStep,
     PauseDirective,
+    Reason,
     ReconcileConfig,
     SetDirectiveStatus,
     Snapshot,
@@ -515,6 +516,7 @@ class Controller:
         task-starting actions."""
         ns, name = key
         by_name = {s["metadata"].get("labels", {}).get(naming.LABEL_STEP): s for s in steps}
+        not_expired: list[str] = []  # reasons of ExpireTask actions that found their task finished
         i = 0
         while i < len(actions):
             action = actions[i]
@@ -554,6 +556,12 @@ class Controller:
                 await self._patch_step(by_name, action.name, action.status_patch())
             elif isinstance(action, ExpireTask):
                 await self.dispatcher.expire(action.task_id, action.reason)
+                after = await self.store.get_task(action.task_id)
+                if after is not None and after.state is TaskState.LOST and after.error == action.reason:
+                    # Lost now: decide its step's retry at once, not at the next tick.
+                    self._keys.setdefault(key, _KeyState()).again = True
+                else:
+                    not_expired.append(action.reason)  # it finished meanwhile: no TaskExpired warning
             elif isinstance(action, StartCompletion):
                 assert directive is not None
                 await self.dispatcher.start_completion(directive, action)
@@ -564,6 +572,8 @@ class Controller:
                     body = await self.kube.patch_status(DIRECTIVES, ns, name, patch)
                     self.observe_directive(body)
             elif isinstance(action, EmitEvent):
+                if action.reason == Reason.TASK_EXPIRED and any(action.message.endswith(r) for r in not_expired):
+                    continue
                 await self.kube.emit_event(body, action.type, action.reason, action.message)
 
     async def _dispatch_wave(

@@ -64,6 +64,14 @@ class DaemonRefused(Exception):
     """The operator closed the socket with a refusal (bad token, bad hello)."""
 
 
+class OperatorUnavailable(Exception):
+    """The operator could not take the connection now (restarting, its store away): reconnect."""
+
+
+# 1001 going away (operator shutting down), 1011 server error, 1012 restarting, 1013 try again later
+TRANSIENT_CLOSE_CODES = frozenset({1001, 1011, 1012, 1013})
+
+
 @dataclass
 class DaemonConfig:
     api_url: str
@@ -75,7 +83,7 @@ class DaemonConfig:
     work_dir: Path = Path("makima-work")
     keep_workspaces: bool = False
     backoff_initial: float = 0.5
-    backoff_max: float = 30.0
+    backoff_max: float = 10.0  # well inside the operator's lost-after window (30 s by default)
     connect_timeout: float = 10.0
 
     def __repr__(self) -> str:  # never show the token
@@ -108,6 +116,7 @@ def api_runner(api_url: str, env: Mapping[str, str] | None = None) -> TaskRunner
         from .runner.run import run_task
 
         async with TaskClient(api_url, spec.task_id, token) as client:
+            client.cover(spec)  # reports are retried for as long as this attempt could still be valid
             try:
                 async with ApiReporter(client) as reporter:
                     result = await run_task(
@@ -167,6 +176,10 @@ class Daemon:
                             attempt = 0
                     except DaemonRefused as exc:
                         log.error("operator refused this daemon: %s", exc)
+                    except OperatorUnavailable as exc:
+                        log.warning("the operator cannot take this daemon now: %s", exc)
+                    except aiohttp.WSServerHandshakeError as exc:
+                        log.warning("the operator at %s answered %s: %s", self.config.ws_url, exc.status, exc.message)
                     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                         reason = str(exc) or type(exc).__name__
                         log.warning("cannot reach the operator at %s: %s", self.config.ws_url, reason)
@@ -227,8 +240,13 @@ class Daemon:
             if isinstance(message, DaemonWelcome):
                 return message
         if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
-            reason = msg.extra or ws.close_code or "closed"
-            raise DaemonRefused(f"{reason} (close code {ws.close_code})")
+            code = ws.close_code if ws.close_code is not None else msg.data
+            reason = msg.extra or code or "closed"
+            if code in TRANSIENT_CLOSE_CODES:
+                raise OperatorUnavailable(f"{reason} (close code {code})")
+            raise DaemonRefused(f"{reason} (close code {code})")
+        if msg.type is aiohttp.WSMsgType.ERROR:  # the connection broke (a restart, a cut): not a refusal
+            raise OperatorUnavailable(f"the connection broke before the welcome: {ws.exception() or 'no detail'}")
         raise DaemonRefused(f"expected a welcome, got {msg.type.name}")
 
     async def _send(self, message: DaemonHello | DaemonHeartbeat | SpawnAck) -> None:
@@ -288,7 +306,7 @@ class Daemon:
         except Exception:
             log.exception("task %s: runner failed", spec.task_id)
         finally:
-            self.tasks.pop(spec.task_id, None)
+            self.tasks.pop(spec.task_id, None)  # the slot is free at once (the operator may already reuse it)
             if not self.config.keep_workspaces:
                 await asyncio.to_thread(shutil.rmtree, workdir, True)
             await self._beat_now()  # the slot is free: say so now, not at the next periodic beat

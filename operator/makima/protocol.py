@@ -112,6 +112,8 @@ class TaskEvent(Msg):
 
 class EventBatch(Msg):
     events: list[TaskEvent] = Field(min_length=1, max_length=MAX_EVENTS_PER_BATCH)
+    # A batch sent again with the same id (a retry after a lost reply) is stored once.
+    batch_id: str | None = Field(default=None, alias="batchId", pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Outcome(StrEnum):

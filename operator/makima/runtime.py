@@ -102,6 +102,10 @@ async def build(
     store = await open_store(settings)
     stack.push_async_callback(store.close)
     phases.done("store ready (pool open, migrations applied)")
+    # Whatever time passed without an operator does not count against running tasks.
+    adopted = await store.adopt_active_tasks()
+    if adopted:
+        log.info("adopted %d running task(s): each has a full heartbeat window from now", adopted)
     kube = Kube(load_config(kubeconfig))
     stack.callback(kube.close)
     phases.done("Kubernetes client configured for %s", kube.api.configuration.host)

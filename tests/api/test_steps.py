@@ -47,6 +47,20 @@ async def test_valid_submissions_accumulate_on_the_planning_task(api: Api) -> No
     assert len(api.reports.calls) == 2
 
 
+async def test_a_submission_sent_again_is_accepted_and_stored_once(api: Api) -> None:
+    """Issue 14: a planner's client retries a submission whose reply was lost; the very same
+    steps are accepted again (the seed answered 422 "already submitted earlier")."""
+    task, token = await make_task(api.store, kind=TaskKind.PLANNING, state=TaskState.RUNNING)
+    batch = {"steps": [step("schema"), step("api", dependsOn=["schema"])]}
+    first = await api.client.post(f"/v1/tasks/{task.id}/steps", json=batch, headers=bearer(token))
+    assert first.status == 200, await first.text()
+    again = await api.client.post(f"/v1/tasks/{task.id}/steps", json=batch, headers=bearer(token))
+    assert again.status == 200, await again.text()
+    assert await again.json() == {"accepted": 2, "total": 2}
+    assert [s["name"] for s in await _steps(api, task.id) or []] == ["schema", "api"]
+    assert len(api.reports.calls) == 1  # nothing new, no reconcile triggered again
+
+
 async def test_invalid_submission_lists_every_problem_and_stores_nothing(api: Api) -> None:
     task, token = await make_task(api.store, kind=TaskKind.PLANNING, state=TaskState.RUNNING)
     await api.client.post(f"/v1/tasks/{task.id}/steps", json={"steps": [step("base")]}, headers=bearer(token))
@@ -56,7 +70,7 @@ async def test_invalid_submission_lists_every_problem_and_stores_nothing(api: Ap
             step("Bad_Name"),  # not a DNS label (pydantic)
             {"name": "no-title"},  # missing title (pydantic)
             step("neg", orderIndex=-1, colour="red"),  # range + unknown field (pydantic)
-            step("base"),  # submitted in an earlier call
+            step("base", title="Another base"),  # a different step under a name submitted earlier
             step("twice"),
             step("twice"),  # twice in this call
             step("orphan", dependsOn=["ghost"]),  # unknown dependency (validate_steps)

@@ -68,6 +68,7 @@ class FakeOperatorApi:
         self.reject_steps: ErrorBody | None = None
         self.final: set[str] = set()  # tasks whose planner marked the plan final
         self.fail_next: list[int] = []  # statuses to answer (in order) before behaving
+        self.retry_after: str | None = None  # Retry-After sent with those answers
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -121,7 +122,10 @@ class FakeOperatorApi:
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return web.json_response(ErrorBody(error="unauthorized").model_dump(), status=401)
         if self.fail_next:
-            return web.json_response(ErrorBody(error="try again").model_dump(), status=self.fail_next.pop(0))
+            headers = {"Retry-After": self.retry_after} if self.retry_after else None
+            return web.json_response(
+                ErrorBody(error="try again").model_dump(), status=self.fail_next.pop(0), headers=headers
+            )
         return await handler(request)
 
     async def _get(self, request: web.Request) -> web.Response:

@@ -91,3 +91,40 @@ async def test_completion_missing_step_branch_fails(remote: Path, tmp_path: Path
     result = await _complete(remote, tmp_path, ["makima/step-ghost"], 1, reporter)
     assert result.outcome == Outcome.FAILED
     assert "makima/step-ghost" in result.message and "does not exist" in result.message
+
+
+async def test_completion_merges_only_the_sinks(remote: Path, tmp_path: Path, reporter: RecordingReporter) -> None:
+    """Issue 14, finding 9: `join` depends on `left` and `right`, which conflict, and resolved that
+    conflict itself. Completion has no conflict strategy (`leave`): re-merging `left` and `right`
+    brought the conflict back and failed; merging only the sink (`join`) succeeds."""
+    script = {
+        "steps": {
+            "left": {"files": {"shared.txt": "line 1\nleft\nline 3\n"}},
+            "right": {"files": {"shared.txt": "line 1\nright\nline 3\n"}},
+            "join": {"files": {"join.txt": "joined\n"}, "conflict": {"strategy": "union"}},
+            "other": {"files": {"other.txt": "other\n"}},
+        },
+        "conflict": {"strategy": "leave"},
+    }
+    built: list[tuple[str, str | None, list[str]]] = [
+        ("left", None, []),
+        ("right", None, []),
+        ("other", None, []),
+        ("join", "makima/step-left", ["makima/step-right"]),
+    ]
+    for name, start, merge in built:
+        spec = step_spec(remote, name, scripted_agent(script), start_from=start, merge=merge)
+        res = await run_task(spec, RecordingReporter(), tmp_path / name)
+        assert res.outcome == Outcome.SUCCEEDED, res.message
+    order = ["makima/step-left", "makima/step-right", "makima/step-other", "makima/step-join"]
+    spec = completion_spec(remote, order, scripted_agent(script))
+    result = await run_task(spec, reporter, tmp_path / "completion")
+    assert result.outcome == Outcome.SUCCEEDED, result.message
+    assert "merged 2 branch(es)" in result.message and "2 contained in another step branch" in result.message
+    merges = git("log", "--merges", "--first-parent", "--format=%s", "--reverse", "makima/demo", cwd=remote)
+    assert merges.splitlines() == [
+        "Merge branch 'makima/step-other' into makima/demo",
+        "Merge branch 'makima/step-join' into makima/demo",
+    ]
+    files = files_on(remote, "makima/demo")
+    assert {"join.txt", "other.txt"} <= set(files) and "left" in files["shared.txt"] and "right" in files["shared.txt"]

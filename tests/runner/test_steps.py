@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from makima.protocol import AgentSettings, EventType, Outcome
@@ -149,20 +150,58 @@ async def test_agent_command_not_found(remote: Path, tmp_path: Path, reporter: R
     assert "agent custom: its command 'definitely-not-an-agent-xyz' is not installed" in result.message
 
 
+def gated_agent(signals: Path, name: str, content: str) -> AgentSettings:
+    """An agent that says it started (a file), waits for its go file, then writes `content`."""
+    started, go = signals / f"{name}.started", signals / f"{name}.go"
+    script = f"touch '{started}'; while [ ! -e '{go}' ]; do sleep 0.02; done; echo {content} > {content}.txt"
+    return AgentSettings(command=["sh", "-c", script], timeout_seconds=120)
+
+
+async def wait_for_file(path: Path, timeout: float = 60) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await asyncio.to_thread(path.exists):
+        assert loop.time() < deadline, f"{path.name} did not appear"
+        await asyncio.sleep(0.02)
+
+
 async def test_lost_attempt_waking_up_late_does_not_overwrite_its_retry(
     remote: Path, tmp_path: Path, reporter: RecordingReporter
 ) -> None:
     """Attempt 1 stalls (its daemon froze), attempt 2 runs and pushes; attempt 1 must not push over it."""
-    import asyncio
-
-    slow = AgentSettings(command=["sh", "-c", "sleep 1.5; echo one > one.txt"], timeout_seconds=30)
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    zombie = asyncio.create_task(
+        run_step(remote, tmp_path / "a1", "z", RecordingReporter(), agent=gated_agent(signals, "a1", "one"), attempt=1)
+    )
+    await wait_for_file(signals / "a1.started")  # attempt 1 has cloned and is inside its agent
     fast = AgentSettings(command=["sh", "-c", "echo two > two.txt"], timeout_seconds=30)
-    zombie = asyncio.create_task(run_step(remote, tmp_path, "z", RecordingReporter(), agent=slow, attempt=1))
-    await asyncio.sleep(0.5)  # attempt 1 has cloned and is inside its agent
-    retry = await run_step(remote, tmp_path, "z", reporter, agent=fast, attempt=2)
+    retry = await run_step(remote, tmp_path / "a2", "z", reporter, agent=fast, attempt=2)
     assert retry.outcome == Outcome.SUCCEEDED, retry.message
+    (signals / "a1.go").touch()
     late = await zombie
     assert late.outcome == Outcome.FAILED
-    assert "moved since this attempt started" in late.message
+    assert "attempt 2 of this step already pushed" in late.message
     assert git("rev-parse", "makima/step-z", cwd=remote) == retry.commit
     assert set(files_on(remote, "makima/step-z")) >= {"two.txt"} and "one.txt" not in files_on(remote, "makima/step-z")
+
+
+async def test_lost_attempt_pushing_first_does_not_make_its_retry_fail(
+    remote: Path, tmp_path: Path, reporter: RecordingReporter
+) -> None:
+    """Issue 14, finding 5: attempt 1 (declared lost) pushes after attempt 2 cloned but before it
+    pushed. The seed's lease (what attempt 2's clone saw) made the retry fail; the retry wins now."""
+    signals = tmp_path / "signals"
+    signals.mkdir()
+    retry_task = asyncio.create_task(
+        run_step(remote, tmp_path / "a2", "y", reporter, agent=gated_agent(signals, "a2", "two"), attempt=2)
+    )
+    await wait_for_file(signals / "a2.started")  # the retry has cloned
+    lost_agent = AgentSettings(command=["sh", "-c", "echo one > one.txt"], timeout_seconds=30)
+    lost = await run_step(remote, tmp_path / "a1", "y", RecordingReporter(), agent=lost_agent, attempt=1)
+    assert lost.outcome == Outcome.SUCCEEDED  # nothing newer had pushed yet: its push went through
+    (signals / "a2.go").touch()
+    retry = await retry_task
+    assert retry.outcome == Outcome.SUCCEEDED, retry.message
+    assert git("rev-parse", "makima/step-y", cwd=remote) == retry.commit
+    assert "two.txt" in files_on(remote, "makima/step-y") and "one.txt" not in files_on(remote, "makima/step-y")

@@ -88,6 +88,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(503, ErrorBody(error="task store unavailable, retry later"), {"Retry-After": "5"})
     except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
         raise
+    except ConnectionResetError:
+        # The client went away mid-request (it gave up, or its pod was stopped): nothing to answer.
+        # An answer is still returned: aiohttp drops it quietly when the socket is gone.
+        log.info("%s %s: the client disconnected before the answer", request.method, request.path)
+        return error_response(400, ErrorBody(error="the client disconnected"))
     except Exception as exc:
         # Method, path and exception type only: bodies and headers can carry tokens.
         log.error("unexpected error on %s %s: %s", request.method, request.path, type(exc).__name__, exc_info=exc)

@@ -3,7 +3,8 @@
     GET  /v1/tasks/{id}               -> TaskSpec                      (task token)
     POST /v1/tasks/{id}/events        EventBatch -> {"lastSeq": n}     (task token)
     POST /v1/tasks/{id}/result        TaskResult -> {"accepted": true} (task token)
-    POST /v1/tasks/{id}/steps         StepBatch  -> {"accepted": n, "total": m}  (planning tasks)
+    POST /v1/tasks/{id}/steps         StepBatch  -> {"accepted": n, "total": m}  (planning tasks;
+                                      a step identical to one stored before is accepted again)
     POST /v1/tasks/{id}/pull-request  PullRequestReport -> {"accepted": true}   (completion tasks)
     GET  /v1/tasks/{id}/events?since=&limit=  -> EventPage          (reader token or task token)
 
@@ -19,7 +20,8 @@ What lands in `tasks.result` (JSON), for the controller:
 - every kind, on its result: the TaskResult fields (`outcome`, `branch`, `commit`,
   `changed_files`, `message`, `pull_request_url`, `usage`), merged over what is already there;
   a result's `usage` also counts into makima_agent_tokens_total / makima_agent_cost_usd_total.
-Events of type `heartbeat` only refresh `heartbeat_at`; they are not stored.
+Events of type `heartbeat` only refresh `heartbeat_at`; they are not stored. A batch with a
+`batchId` already stored is not stored again. Every report can thus be sent again safely.
 """
 
 from __future__ import annotations
@@ -167,7 +169,7 @@ async def post_events(request: web.Request) -> web.Response:
     batch = parse(EventBatch, await read_json(request))
     now = deps.clock()
     events = [(e.type.value, e.payload) for e in batch.events if e.type is not EventType.HEARTBEAT]
-    last_seq = await deps.store.append_events(task.id, events, now=now)
+    last_seq = await deps.store.append_events(task.id, events, now=now, batch_id=batch.batch_id)
     await deps.store.heartbeat(task.id, now)
     task, moved = await _first_contact(deps, task, token)
     metrics.TASK_REPORTS.labels(report="events").inc()
@@ -303,14 +305,23 @@ async def post_steps(request: web.Request) -> web.Response:
     reject_nul(data)
     for _ in range(deps.cas_retries):
         problems, submitted, final = _parse_steps(data)
-        if (task.result or {}).get("final"):
-            raise ApiError(409, f"task {task.id} already marked its plan final: nothing more can be submitted")
         previous = _stored_steps(task)
+        if (task.result or {}).get("final"):
+            stored_before = {s.name: s for s in previous}
+            if final and not problems and all(stored_before.get(s.name) == s for s in submitted):
+                # The very submission that made the plan final, sent again after a lost reply.
+                return web.json_response({"accepted": len(submitted), "total": len(previous)})
+            raise ApiError(409, f"task {task.id} already marked its plan final: nothing more can be submitted")
         if final and not submitted and not previous and task.generation < 2:
             problems.append(Problem(message="the first plan (generation 1) needs at least one step", field="steps"))
         known = {s.name for s in previous}
         new: list[StepSubmission] = []
+        stored = {s.name: s for s in previous}
+        replayed = 0
         for step in submitted:
+            if step.name in stored and stored[step.name] == step and not any(s.name == step.name for s in new):
+                replayed += 1  # the very step stored before (a retry after a lost reply): accepted again
+                continue
             if step.name in known:
                 earlier = "in this submission" if any(s.name == step.name for s in new) else "earlier"
                 problems.append(
@@ -325,6 +336,8 @@ async def post_steps(request: web.Request) -> web.Response:
             raise ApiError(
                 422, f"step submission refused with {len(problems)} problem(s); nothing was stored", problems
             )
+        if not new and not final:
+            break  # only steps stored before: nothing to write
         steps = [s.model_dump(mode="json", by_alias=True) for s in previous + new]
         result = {**(task.result or {}), "steps": steps}
         if final:
@@ -337,8 +350,9 @@ async def post_steps(request: web.Request) -> web.Response:
     else:
         raise _conflict(task.id)
     metrics.TASK_REPORTS.labels(report="steps").inc()
-    await _notify(deps, task)
-    return web.json_response({"accepted": len(new), "total": len(previous) + len(new)})
+    if new or final:
+        await _notify(deps, task)
+    return web.json_response({"accepted": len(new) + replayed, "total": len(previous) + len(new)})
 
 
 async def post_pull_request(request: web.Request) -> web.Response:

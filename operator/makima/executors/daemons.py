@@ -8,7 +8,12 @@ on the daemon sends `DaemonHeartbeat` (running task ids) every `heartbeat_second
 
 Close codes the hub uses: 4400 bad first message, 4403 token refused, 4408 no hello in
 time, 4409 replaced by a newer connection of the same daemon, 4410 silent for longer
-than `lost_after_seconds`, 1001 operator shutting down.
+than `lost_after_seconds`, 1001 operator shutting down, 1013 try again later (the
+operator's store did not answer the registration).
+
+A store that does not answer never costs a daemon its connection once it is registered:
+a heartbeat whose write fails is logged and the socket stays open (the next one writes
+again, and the store gives outage time back to running tasks).
 
 Liveness: a daemon's heartbeat refreshes the store row and the `heartbeat_at` of the
 tasks it reports running (only tasks the hub gave it, or that it listed in a hello and
@@ -58,6 +63,7 @@ CLOSE_HELLO_TIMEOUT = 4408
 CLOSE_REPLACED = 4409
 CLOSE_LOST = 4410
 CLOSE_SHUTDOWN = 1001
+CLOSE_TRY_AGAIN = 1013  # the operator cannot reach its store right now; the daemon reconnects
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # a SpawnTask carries a prompt; a hello or ack is tiny
 
@@ -252,9 +258,14 @@ class DaemonHub:
             log.warning("daemon %s/%s: daemon token refused", hello.namespace, hello.name)
             await ws.close(code=CLOSE_FORBIDDEN, message=f"daemon token not valid for {hello.namespace}".encode())
             return ws
-        daemon_id = await self.store.register_daemon(
-            hello.namespace, hello.name, hello.labels, hello.capacity, hash_token(token), now=self.clock()
-        )
+        try:
+            daemon_id = await self.store.register_daemon(
+                hello.namespace, hello.name, hello.labels, hello.capacity, hash_token(token), now=self.clock()
+            )
+        except StoreError as exc:
+            log.warning("daemon %s/%s: not registered now (%s); it reconnects", hello.namespace, hello.name, exc)
+            await ws.close(code=CLOSE_TRY_AGAIN, message=b"the operator's store is unavailable; try again")
+            return ws
         conn = _Connection(ws=ws, id=daemon_id, hello=hello)
         previous = self._conns.get(daemon_id)
         self._conns[daemon_id] = conn
@@ -321,7 +332,14 @@ class DaemonHub:
     async def _adopt(self, conn: _Connection, running: list[str]) -> None:
         """A reconnecting daemon keeps the tasks it still runs, if they are still its and active."""
         for task_id in dict.fromkeys(running):
-            task = await self.store.get_task(task_id)
+            try:
+                task = await self.store.get_task(task_id)
+            except StoreError as exc:
+                # Cannot check now: keep it (its heartbeats are recorded once the store answers).
+                log.warning("daemon %s: cannot check task %s (%s); keeping it", conn.id, task_id, exc)
+                conn.running.add(task_id)
+                conn.owned.add(task_id)
+                continue
             keep = (
                 task is not None
                 and task.state.active
@@ -353,7 +371,10 @@ class DaemonHub:
                 log.warning("daemon %s: ignoring an invalid message (%d problem(s))", conn.id, exc.error_count())
                 continue
             if isinstance(message, DaemonHeartbeat):
-                await self._heartbeat(conn, message)
+                try:
+                    await self._heartbeat(conn, message)
+                except StoreError as exc:  # the store's outage is not the daemon's fault: keep the socket
+                    log.warning("daemon %s: heartbeat not recorded (%s)", conn.id, exc)
             elif isinstance(message, SpawnAck):
                 future = conn.acks.get(message.task_id)
                 if future is not None and not future.done():

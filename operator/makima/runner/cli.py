@@ -160,6 +160,7 @@ def task_run(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal)
         spec = await client.get_task()
+        client.cover(spec)  # reports are retried for as long as this attempt could still be valid
         async with ApiReporter(client) as reporter:
             result = await run_task(spec, reporter, work, credentials=credentials)
         await client.post_result(result)

@@ -2,9 +2,12 @@
 
 1. Check out the directive branch from the remote if it exists, else create it from the
    base branch.
-2. Merge every branch of `completion.merge`, in the order given (topological), `--no-ff`.
-   Branches already contained in the directive branch are no-ops, so a re-completion after
-   a re-plan merges only what is new. A conflict goes to the agent (conflict mode); that is
+2. Merge the branches of `completion.merge`, in the order given (topological), `--no-ff`:
+   only the DAG's sinks, checked with git. A branch already contained in the directive
+   branch is a no-op (a re-completion after a re-plan merges only what is new), and a
+   branch contained in another branch being merged is not merged on its own: the step
+   that built on it merged it already, with any conflict resolved there, so merging both
+   would bring that conflict back. A conflict goes to the agent (conflict mode); that is
    the only time the agent runs here.
 3. Push the directive branch (a plain fast-forward push: it only ever grows).
 4. Open the pull request, or update the open one, through the git host, and report its URL
@@ -56,7 +59,13 @@ async def run_completion(
         },
     )
 
-    summary = await merge_branches(repo, plan.merge, plan.directive_branch, reporter, resolver_for(dest))
+    sinks, contained = await sink_branches(repo, plan.merge)
+    for branch, container in contained.items():
+        await reporter.event(
+            EventType.GIT,
+            {"action": "merge", "branch": branch, "message": f"{branch} is contained in {container}; merged with it"},
+        )
+    summary = await merge_branches(repo, sinks, plan.directive_branch, reporter, resolver_for(dest))
     head = await repo.head()
     if head != existing:
         await repo.run("push", "origin", f"HEAD:refs/heads/{plan.directive_branch}")
@@ -68,6 +77,8 @@ async def run_completion(
     parts = [f"merged {len(summary.merged)} branch(es)"]
     if summary.already_merged:
         parts.append(f"{len(summary.already_merged)} already merged")
+    if contained:
+        parts.append(f"{len(contained)} contained in another step branch")
     pr_url: str | None = None
     if plan.open_pull_request:
         host = host_factory(spec.workspace.repo_url)
@@ -90,3 +101,26 @@ async def run_completion(
         message="; ".join(parts),
         pull_request_url=pr_url,
     )
+
+
+async def sink_branches(repo: Git, branches: list[str]) -> tuple[list[str], dict[str, str]]:
+    """(branches to merge, in order; {branch: a branch containing it}) for `branches`.
+
+    A branch already in HEAD stays in the list (merging it is a no-op, reported as such).
+    Of the others, one whose tip is an ancestor of another's is left out; of two at the
+    same commit, the later in the order is kept.
+    """
+    tips = {b: await require_remote_branch(repo, b, "branch to merge") for b in dict.fromkeys(branches)}
+    head = await repo.head()
+    pending = [b for b in tips if not await repo.is_ancestor(tips[b], head)]
+    contained: dict[str, str] = {}
+    for i, branch in enumerate(pending):
+        for j, other in enumerate(pending):
+            if i == j or other in contained:
+                continue
+            if tips[branch] == tips[other] and j < i:
+                continue  # the same commit: keep the later one
+            if await repo.is_ancestor(tips[branch], tips[other]):
+                contained[branch] = other
+                break
+    return [b for b in tips if b not in contained], contained

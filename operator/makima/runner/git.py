@@ -323,3 +323,58 @@ class Git:
         if not git_dir.is_absolute():
             git_dir = self.cwd / git_dir
         return (git_dir / "MERGE_HEAD").exists()
+
+
+ATTEMPT_REFS = "refs/makima/attempts"  # refs/makima/attempts/<branch>/<attempt>: which attempt pushed
+
+
+@dataclass(frozen=True)
+class FencedPush:
+    pushed: bool
+    message: str = ""
+
+
+def attempt_ref(branch: str, attempt: int) -> str:
+    return f"{ATTEMPT_REFS}/{branch}/{attempt:05d}"
+
+
+async def push_fenced(repo: Git, branch: str, attempt: int, head: str, *, tries: int = 5) -> FencedPush:
+    """Push `head` to `branch` unless a newer attempt of the same step pushed it: the newest attempt wins.
+
+    Each attempt rebuilds its step branch from its start point, so its push is forced, but
+    fenced: every push also writes `refs/makima/attempts/<branch>/<attempt>` in the same
+    atomic push, leased on the branch tip read just before. So an attempt that was declared
+    lost and wakes up late can never overwrite its retry's push (it sees the retry's marker,
+    or loses the lease), and a retry is never stopped by a lost attempt that pushed in
+    between (it reads the new tip, sees only older markers, and pushes over it).
+    """
+    prefix = f"{ATTEMPT_REFS}/{branch}/"
+    detail = ""
+    for _ in range(tries):
+        listed = await repo.run("ls-remote", "origin", f"refs/heads/{branch}", f"{prefix}*")
+        tip = ""
+        newest = 0
+        for line in listed.lines:
+            sha, _, ref = line.partition("\t")
+            if ref == f"refs/heads/{branch}":
+                tip = sha
+            elif ref.startswith(prefix) and ref[len(prefix) :].isdigit():
+                newest = max(newest, int(ref[len(prefix) :]))
+        if newest > attempt:
+            return FencedPush(
+                False, f"attempt {newest} of this step already pushed {branch}; attempt {attempt} is stale"
+            )
+        result = await repo.run(
+            "push",
+            "--atomic",
+            f"--force-with-lease=refs/heads/{branch}:{tip}",
+            "origin",
+            f"{head}:refs/heads/{branch}",
+            f"+{head}:{attempt_ref(branch, attempt)}",
+            check=False,
+        )
+        if result.code == 0:
+            return FencedPush(True)
+        detail = result.stderr.strip()[-500:]
+        log.info("push of %s lost a race (%s); reading the remote again", branch, detail.splitlines()[-1:] or "")
+    return FencedPush(False, f"could not push {branch} after {tries} tries: {detail}")

@@ -1,7 +1,12 @@
 """How the runner speaks back: the `Reporter` protocol, its API implementation, redaction.
 
 `ApiReporter` batches events and posts them through `TaskClient` (a background flush
-every `flush_seconds`, or at once when `max_batch` events are waiting). `RedactingReporter`
+every `flush_seconds`, or as soon as `max_batch` events are waiting). Events are spooled,
+not dropped: a batch the operator could not take (it is restarting, its database is
+away) stays queued, with the id it was first sent with, and is sent again (the client
+retries with backoff; the operator stores a batch id once). Only an answer saying the
+attempt is over (its token refused) or that the batch is wrong drops a batch, with a
+warning. `RedactingReporter`
 wraps any reporter and replaces every known secret (task token, git token) in event
 payloads with `***`, also base64- and URL-encoded copies of them — a safety net; the runner
 itself never puts secrets there.
@@ -13,6 +18,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import uuid
 from collections.abc import Iterable
 from typing import Any, Protocol
 from urllib.parse import quote, quote_plus
@@ -114,6 +120,9 @@ class RedactingReporter:
         await self.inner.submit_pull_request(self.redactor.text(url), branch)
 
 
+FINAL_STATUSES = frozenset({400, 401, 403, 404, 413, 422})  # resending cannot help
+
+
 class ApiReporter:
     """Posts events to the operator in batches. Use as an async context manager."""
 
@@ -122,8 +131,16 @@ class ApiReporter:
         self.flush_seconds = flush_seconds
         self.max_batch = max_batch
         self._buffer: list[TaskEvent] = []
+        self._spool: list[tuple[str, list[TaskEvent]]] = []  # formed batches not yet accepted, with their ids
         self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        self.dropped = 0  # events the operator refused for good (the attempt is over)
+
+    @property
+    def pending(self) -> int:
+        """Events not yet accepted by the operator."""
+        return len(self._buffer) + sum(len(b) for _, b in self._spool)
 
     async def __aenter__(self) -> ApiReporter:
         self._flusher = asyncio.create_task(self._flush_loop())
@@ -135,27 +152,49 @@ class ApiReporter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
-        await self.flush()
+        try:
+            await self.flush()
+        except ApiError as exc:
+            log.warning("%d task events could not be delivered: %s", self.pending, exc)
 
     async def event(self, type: EventType, payload: dict[str, Any]) -> None:
         self._buffer.append(TaskEvent(type=type, payload=payload))
         if len(self._buffer) >= self.max_batch:
-            await self.flush()
+            if self._flusher is None:
+                try:
+                    await self.flush()
+                except ApiError as exc:  # queued still; the next flush sends them
+                    log.warning("%d task events queued, not yet delivered: %s", self.pending, exc)
+            else:
+                self._wake.set()  # the flusher sends it; the caller (agent output) never waits for the API
 
     async def flush(self) -> None:
+        """Send everything queued. Raises ApiError if the operator stays unreachable past the
+        client's patience; the events stay queued for the next flush."""
         async with self._lock:
             while self._buffer:
                 batch, self._buffer = self._buffer[: self.max_batch], self._buffer[self.max_batch :]
+                self._spool.append((uuid.uuid4().hex, batch))
+            while self._spool:
+                batch_id, batch = self._spool[0]
                 try:
-                    await self.client.post_events(batch)
+                    await self.client.post_events(batch, batch_id=batch_id)
                 except ApiError as exc:
-                    # Events are progress, not results: losing some must not fail the task.
-                    log.warning("dropped %d task events: %s", len(batch), exc)
+                    if exc.status not in FINAL_STATUSES:
+                        raise  # kept in the spool, sent again (same id) by the next flush
+                    self.dropped += len(batch)
+                    log.warning("the operator refused %d task events: %s", len(batch), exc)
+                self._spool.pop(0)
 
     async def submit_pull_request(self, url: str, branch: str | None) -> None:
         await self.client.report_pull_request(url, branch)
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.flush_seconds)
-            await self.flush()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.flush_seconds)
+            self._wake.clear()
+            try:
+                await self.flush()
+            except ApiError as exc:
+                log.warning("%d task events queued, not yet delivered: %s", self.pending, exc)

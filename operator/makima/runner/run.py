@@ -8,9 +8,9 @@ URL-encoded forms). How the git token reaches git and nothing else: see `git.py`
 - planning: workspace on a detached HEAD of the start branch; the agent submits steps itself
   (`makima directive batch-add-steps`); success when it exits 0.
 - step: workspace with the task branch; the agent works; leftovers are committed, the branch
-  is pushed (forced with a lease: each attempt rebuilds it from its start point, but never
-  over a newer attempt's push), and the result carries the branch, commit and number of
-  files changed since the start point (after merges).
+  is pushed (forced, since each attempt rebuilds it from its start point, but fenced by attempt
+  number: never over a newer attempt's push, always over an older one's), and the result
+  carries the branch, commit and number of files changed since the start point (after merges).
 - completion: see `completion.py`.
 """
 
@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from ..agents import Usage, total_usage
-from ..client import ENV_API_URL, ENV_TASK_TOKEN
+from ..client import ENV_API_URL, ENV_TASK_TOKEN, ApiError
 from ..protocol import EventType, Outcome, TaskResult, TaskSpec
 from ..tasks import TaskKind
 from .agent import MODE_CONFLICT, AgentContext, AgentOutcome, run_agent
 from .completion import HostFactory, run_completion
-from .git import Git, GitCredentials, GitError, Guard, git_env, global_config_snapshot, origin_of
+from .git import Git, GitCredentials, GitError, Guard, git_env, global_config_snapshot, origin_of, push_fenced
 from .hosts import GitHost, GitHostError, host_for
 from .report import RedactingReporter, Redactor, Reporter
 from .workspace import ConflictResolver, Workspace, WorkspaceError, conflict_prompt_for, prepare_workspace
@@ -126,7 +126,10 @@ async def run_task(
             await heartbeat
     result = result.model_copy(update={"message": redactor.text(result.message), "usage": tally.total()})
     await rep.event(EventType.RESULT, result.model_dump(mode="json", exclude_none=True))
-    await rep.flush()
+    try:
+        await rep.flush()
+    except ApiError as exc:  # the events stay queued; the result is what matters now
+        log.warning("task events not delivered yet: %s", exc)
     return result
 
 
@@ -221,16 +224,11 @@ async def finish_step(spec: TaskSpec, ws: Workspace, reporter: Reporter) -> Task
         await reporter.event(EventType.GIT, {"action": "commit", "message": "committed the agent's changes"})
     head = await repo.head()
     changed = await repo.changed_files(ws.start, head)
-    # Forced (each attempt rebuilds the branch) but leased on what the clone saw: a lost attempt
-    # that wakes up after its retry pushed must not overwrite the retry's branch.
-    seen = await repo.run("rev-parse", "--verify", "--quiet", f"refs/remotes/origin/{ws.branch}", check=False)
-    lease = f"--force-with-lease=refs/heads/{ws.branch}:{seen.stdout.strip()}"
-    pushed = await repo.run("push", lease, "origin", f"HEAD:refs/heads/{ws.branch}", check=False)
-    if pushed.code != 0:
-        return _failed(
-            f"the step branch {ws.branch} moved since this attempt started (a newer attempt pushed it); "
-            f"not overwriting it: {pushed.stderr.strip()[-500:]}"
-        )
+    # Forced (each attempt rebuilds the branch) but fenced by attempt number: a lost attempt that
+    # wakes up late never overwrites its retry's push, and never makes the retry fail either.
+    pushed = await push_fenced(repo, ws.branch, spec.attempt, head)
+    if not pushed.pushed:
+        return _failed(f"not pushing the step branch {ws.branch}: {pushed.message}")
     await reporter.event(EventType.GIT, {"action": "push", "branch": ws.branch, "commit": head, "message": "pushed"})
     message = f"{len(changed)} file(s) changed" if changed else "no changes"
     return TaskResult(

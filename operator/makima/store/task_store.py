@@ -4,6 +4,16 @@ Each operation is one round-trip on the happy path. State changes are compare-an
 `version`; a lost race raises `VersionConflict` and never overwrites. Connection errors
 are retried with bounded exponential backoff, then surface as `StoreUnavailable`;
 `healthy` tracks the last outcome for the operator's /readyz.
+
+Every operation is bounded in time: each try (getting a connection and running the
+statement) by `attempt_timeout`, all tries together by `op_timeout`, so a database that
+stops answering (a cut network, not a refused connection) costs a caller seconds, not
+the length of the cut. A connection whose statement timed out is terminated, never
+returned to the pool mid-statement.
+
+Time the operator could not reach the database does not count against tasks: the first
+operation that succeeds after an outage moves the `heartbeat_at` of every dispatched or
+running task forward by the outage's length (`adopt_active_tasks` does the same at start).
 """
 
 from __future__ import annotations
@@ -11,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -39,6 +50,8 @@ _IMMUTABLE = frozenset(
 UPDATABLE = frozenset(COLUMNS) - _IMMUTABLE
 _ACTIVE = [s.value for s in ACTIVE_STATES]
 _SELECT = ", ".join(f'"{c}"' for c in COLUMNS)
+
+MIGRATION_TIMEOUT = 1800.0
 
 _RETRYABLE: tuple[type[BaseException], ...] = (
     OSError,  # refused / reset while connecting
@@ -151,12 +164,17 @@ class TaskStore:
         retry_attempts: int = 5,
         retry_base: float = 0.1,
         retry_max: float = 2.0,
+        attempt_timeout: float = 5.0,
+        op_timeout: float = 15.0,
     ) -> None:
         self._pool = pool
         self.retry_attempts = retry_attempts
         self.retry_base = retry_base
         self.retry_max = retry_max
+        self.attempt_timeout = attempt_timeout
+        self.op_timeout = op_timeout
         self.healthy = True  # False from the first connection error until an operation succeeds
+        self._outage_since: float | None = None  # monotonic time of the first failure of an outage
 
     @classmethod
     async def connect(
@@ -188,19 +206,35 @@ class TaskStore:
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def _run(self, op: Callable[[asyncpg.Connection], Awaitable[T]], *, attempts: int | None = None) -> T:
+    async def _run(
+        self,
+        op: Callable[[asyncpg.Connection], Awaitable[T]],
+        *,
+        attempts: int | None = None,
+        timeout: float | None = None,
+        per_try: float | None = None,
+    ) -> T:
         attempts = attempts or self.retry_attempts
+        per_try = per_try or self.attempt_timeout
+        if timeout is not None:
+            per_try = min(per_try, timeout)
+        deadline = time.monotonic() + (timeout if timeout is not None else self.op_timeout)
         delay = self.retry_base
         for attempt in range(1, attempts + 1):
+            budget = min(per_try, deadline - time.monotonic())
             try:
-                async with self._pool.acquire() as conn:
-                    result = await op(conn)
+                if budget <= 0:
+                    raise TimeoutError("the store's time budget for this operation ran out")
+                result = await self._try(op, budget)
             except Exception as exc:
                 if not _is_retryable(exc):
                     raise
                 self.healthy = False
-                if attempt == attempts:
-                    raise StoreUnavailable(f"database unreachable after {attempts} attempts: {exc!r}") from exc
+                if self._outage_since is None:
+                    self._outage_since = time.monotonic()
+                left = deadline - time.monotonic()
+                if attempt == attempts or left <= delay:
+                    raise StoreUnavailable(f"database unreachable after {attempt} attempt(s): {exc!r}") from exc
                 log.warning("store: %r (attempt %d/%d), retrying in %.2fs", exc, attempt, attempts, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry_max)
@@ -209,17 +243,68 @@ class TaskStore:
             return result
         raise AssertionError("unreachable")
 
+    async def _try(self, op: Callable[[asyncpg.Connection], Awaitable[T]], budget: float) -> T:
+        """One try within `budget` seconds; a connection left mid-statement is terminated."""
+        async with asyncio.timeout(budget):
+            conn = await self._pool.acquire()
+        try:
+            async with asyncio.timeout(budget):
+                if self._outage_since is not None:
+                    await self._after_outage(conn)
+                return await op(conn)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            conn.terminate()  # a statement may still be running: never hand this connection out again
+            if isinstance(exc, TimeoutError):
+                raise TimeoutError(f"no answer from the database within {budget:.1f}s") from None
+            raise
+        except Exception as exc:
+            if _is_retryable(exc):
+                conn.terminate()
+            raise
+        finally:
+            await self._pool.release(conn)
+
+    async def _after_outage(self, conn: asyncpg.Connection) -> None:
+        """Give back to active tasks the time the store could not be reached."""
+        since = self._outage_since
+        if since is None:
+            return
+        lost = max(time.monotonic() - since, 0.0)
+        moved = await conn.execute(
+            "UPDATE tasks SET heartbeat_at = LEAST(heartbeat_at + $1::interval, now()) "
+            "WHERE state IN ('dispatched', 'running') AND heartbeat_at IS NOT NULL",
+            timedelta(seconds=lost),
+        )
+        self._outage_since = None
+        log.info("store reachable again after %.1fs; active tasks' heartbeats moved forward (%s)", lost, moved)
+
     async def migrate(self) -> list[str]:
         """Apply pending migrations (advisory-locked); return the versions applied now."""
-        return await self._run(migrations.migrate)
+        # Not the per-query bound: a migration may rewrite a table, and waits for a replica's lock.
+        return await self._run(migrations.migrate, timeout=MIGRATION_TIMEOUT, per_try=MIGRATION_TIMEOUT)
 
-    async def ping(self) -> bool:
-        """One quick round-trip; updates `healthy`."""
+    async def ping(self, timeout: float = 1.5) -> bool:
+        """One quick round-trip, within `timeout`; updates `healthy`."""
         try:
-            await self._run(lambda c: c.fetchval("SELECT 1"), attempts=1)
+            await self._run(lambda c: c.fetchval("SELECT 1"), attempts=1, timeout=timeout)
         except StoreUnavailable:
             return False
         return True
+
+    async def adopt_active_tasks(self, now: datetime | None = None) -> int:
+        """At an operator's start: every dispatched or running task gets a full heartbeat window
+        from now, whatever time passed while no operator was running. Returns how many.
+
+        A task left `pending` (its operator died between the insert and the launch) has no
+        runner to wait for: it keeps its creation time, and is lost and retried as before."""
+        rows = await self._run(
+            lambda c: c.fetch(
+                "UPDATE tasks SET heartbeat_at = GREATEST(heartbeat_at, COALESCE($1::timestamptz, now())) "
+                "WHERE state IN ('dispatched', 'running') RETURNING id",
+                _aware(now),
+            )
+        )
+        return len(rows)
 
     # -- tasks ----------------------------------------------------------------------------
 
@@ -404,13 +489,19 @@ class TaskStore:
     # -- events ---------------------------------------------------------------------------
 
     async def append_events(
-        self, task_id: str, events: list[tuple[str, dict[str, Any]]], *, now: datetime | None = None
+        self,
+        task_id: str,
+        events: list[tuple[str, dict[str, Any]]],
+        *,
+        now: datetime | None = None,
+        batch_id: str | None = None,
     ) -> int:
         """Append events; return the seq of the last one (the current last seq if none given).
 
         Seqs are per task, gap-free and visible in order: the counter row stays locked until
         the inserting transaction commits. Oversized payloads become truncation markers.
-        A retry after a connection loss mid-commit may append a batch twice (at-least-once).
+        With a `batch_id`, a batch already stored under that id is not stored again (its
+        last seq is returned): a sender's retry after a lost reply appends nothing twice.
         """
         if not _valid_id(task_id):
             raise TaskNotFound(task_id)
@@ -434,7 +525,31 @@ class TaskStore:
 
         async def op(conn: asyncpg.Connection) -> int:
             try:
-                return int(await conn.fetchval(sql, task_id, len(events), types, payloads, _aware(now)))
+                if batch_id is None:
+                    return int(await conn.fetchval(sql, task_id, len(events), types, payloads, _aware(now)))
+                async with conn.transaction():
+                    fresh = await conn.fetchval(
+                        "INSERT INTO task_event_batches (task_id, batch_id, last_seq) VALUES ($1, $2, 0) "
+                        "ON CONFLICT DO NOTHING RETURNING true",
+                        task_id,
+                        batch_id,
+                    )
+                    if not fresh:  # stored before (the insert waited for that transaction to commit)
+                        return int(
+                            await conn.fetchval(
+                                "SELECT last_seq FROM task_event_batches WHERE task_id = $1 AND batch_id = $2",
+                                task_id,
+                                batch_id,
+                            )
+                        )
+                    last = int(await conn.fetchval(sql, task_id, len(events), types, payloads, _aware(now)))
+                    await conn.execute(
+                        "UPDATE task_event_batches SET last_seq = $3 WHERE task_id = $1 AND batch_id = $2",
+                        task_id,
+                        batch_id,
+                        last,
+                    )
+                    return last
             except asyncpg.ForeignKeyViolationError:
                 raise TaskNotFound(task_id) from None
 

@@ -1,0 +1,68 @@
+"""Findings 1, 2 and 3 (issue 14) end to end: a step's runner finishes while the operator
+cannot be reached (every connection refused, as during a restart) for longer than the seed
+kept trying (4 tries in about 3 s). Its result and events arrive once the operator is back:
+the step succeeds on its first attempt, with its real outcome, not `Job failed:
+BackoffLimitExceeded` and a second attempt redoing the work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from makima.store import TaskStore
+from tests.integration.conftest import Api, OperatorFactory, free_port, scripted
+
+from .proxy import CutProxy
+
+pytestmark = pytest.mark.slow
+
+GATE = """\
+if [ "$MAKIMA_TASK_KIND" = step ]; then
+  touch '{started}'
+  while [ ! -e '{go}' ]; do sleep 0.05; done
+fi
+exec makima agent scripted
+"""
+
+
+async def until(predicate, what: str, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_a_result_outlives_an_unreachable_operator(
+    api: Api, start_operator: OperatorFactory, origin: Path, tmp_path: Path, pg_dsn: str
+) -> None:
+    started, go = tmp_path / "started", tmp_path / "go"
+    port = free_port()
+    with CutProxy("127.0.0.1", port) as path:
+        await start_operator(api_listen=f"127.0.0.1:{port}", api_url=f"http://127.0.0.1:{path.port}")
+        script = {"plan": [{"name": "a", "title": "A"}], "steps": {"a": {"files": {"a.txt": "a\n"}}}}
+        body = scripted("outage", origin, script)
+        body["spec"]["agent"]["command"] = ["sh", "-c", GATE.format(started=started, go=go)]
+        await api.apply_directive(body)
+        await until(started.exists, "the step's agent to start")
+        path.refuse()
+        go.touch()
+        # The runner pushes, then reports: keep refusing well past the seed's four tries.
+        await until(lambda: path.refused >= 12, "the runner to keep trying")
+        path.heal()
+        done = await api.wait_for("outage", lambda d: d.get("status", {}).get("phase") == "Completed", timeout=120)
+    step = (await api.steps("outage"))["a"]["status"]
+    assert step["phase"] == "Succeeded" and step["attempts"] == 1, step
+    assert "BackoffLimitExceeded" not in str(step)
+    store = await TaskStore.connect(pg_dsn)
+    try:
+        tasks = await store.tasks_for_directive(done["metadata"]["uid"])
+        [task] = [t for t in tasks if t.step_name == "a"]
+        events = await store.events(task.id, 0, 1000)
+    finally:
+        await store.close()
+    assert [e.type for e in events if e.type == "result"] == ["result"]  # the spooled events arrived, once
+    assert any(e.type == "output" for e in events)
