@@ -1,4 +1,6 @@
-"""The reconciler: `decide(snapshot, now, config) -> actions`, the rules of DESIGN.md §2.
+"""The reconciler: `decide(snapshot, now, config) -> actions`.
+
+It applies the rules listed in docs/architecture.md, "Life of a directive".
 
 Pure and deterministic: the same snapshot, `now` and config give the same actions in the
 same order. No clock, no I/O; the shell (handlers, kube.py, store/, executors/) reads a

@@ -1,4 +1,5 @@
-"""Table tests: one per rule of DESIGN.md §2, driving decide() on hand-built snapshots."""
+"""Table tests: one per rule of docs/architecture.md ("Life of a directive"), driving decide()
+on hand-built snapshots."""
 
 from __future__ import annotations
 

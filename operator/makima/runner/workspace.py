@@ -1,4 +1,6 @@
-"""Prepare a task's git workspace: clone, start point, merges, the task branch (DESIGN §2.5).
+"""Prepare a task's git workspace: clone, start point, merges, the task branch.
+
+Rule 5 of docs/architecture.md, "Life of a directive", says where a step starts.
 
 1. Clone the repository (partial clone, `--filter=blob:none`; git ignores the filter
    where the remote does not support it, e.g. plain local paths).
