@@ -51,13 +51,23 @@ async def test_a_finished_directive_is_deleted_after_its_ttl(
     assert ("default", "short-lived") not in op.controller.directives
 
 
-async def test_a_running_step_costs_the_timer_nothing(api: Api, start_operator: OperatorFactory, origin: Path) -> None:
+async def test_a_running_step_costs_the_timer_nothing(
+    api: Api, start_operator: OperatorFactory, origin: Path, tmp_path: Path
+) -> None:
     op = await start_operator()
-    script = {
-        "plan": [{"name": "slow", "title": "Slow"}],
-        "steps": {"slow": {"sleep": 30, "files": {"slow.txt": "slow\n"}}},
-    }
-    await api.apply_directive(scripted("busy", origin, script))
+    script = {"plan": [{"name": "slow", "title": "Slow"}], "steps": {"slow": {"files": {"slow.txt": "slow\n"}}}}
+    # The step's agent waits for a gate file the test never creates: it runs for as long as
+    # the test looks, however slow the machine (the operator stops it at the end).
+    gate = tmp_path / "gate"
+    directive = scripted("busy", origin, script)
+    directive["spec"]["agent"]["command"] = [
+        "sh",
+        "-c",
+        'if [ "$MAKIMA_STEP" = slow ]; then while [ ! -e "$GATE" ]; do sleep 0.05; done; fi\n'
+        "exec makima agent scripted\n",
+    ]
+    directive["spec"]["agent"]["env"].append({"name": "GATE", "value": str(gate)})
+    await api.apply_directive(directive)
     await api.wait_for(
         "busy",
         lambda d: (d.get("status") or {}).get("steps", {}).get("running") == 1,
