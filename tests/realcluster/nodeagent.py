@@ -38,7 +38,7 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from makima.runner.proctree import end_marked
+from makima.runner.proctree import end_group, end_marked
 from makima.sandbox import podenv
 from makima.sandbox.jobs import ENV_POD
 
@@ -356,14 +356,7 @@ class NodeAgent:
 
     async def kill(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the process group, SIGKILL after the grace period."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-            try:
-                await asyncio.wait_for(asyncio.shield(proc.wait()), self.kill_grace)
-                return
-            except TimeoutError:
-                continue
+        await end_group(proc, self.kill_grace)
 
     # -- env and volumes ----------------------------------------------------------------------
 

@@ -217,6 +217,18 @@ def _reap(pids: Iterable[int]) -> None:
                 os.waitpid(pid, os.WNOHANG)
 
 
+async def end_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the process group led by `proc`, then SIGKILL it if `proc` outlives `grace`."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, sig)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), grace)
+            return
+        except TimeoutError:
+            continue
+
+
 async def end_marked(name: str, value: str, *, grace: float = 2.0, kill_deadline: float = 10.0) -> set[int]:
     """End every process whose environment holds `name=value` (e.g. all processes of a sandbox
     pod, as a container runtime ends a pod's PID namespace). Returns survivors (normally none)."""

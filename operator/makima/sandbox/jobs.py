@@ -29,14 +29,13 @@ import functools
 import logging
 import os
 import secrets
-import signal
 import string
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from ..runner.proctree import end_marked
+from ..runner.proctree import end_group, end_marked
 from . import podenv
 from .cluster import Cluster, now_iso
 from .errors import ApiError
@@ -382,14 +381,7 @@ class JobController:
 
     async def _kill(self, proc: asyncio.subprocess.Process) -> None:
         """SIGTERM the process group, then SIGKILL after a short grace."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-            try:
-                await asyncio.wait_for(asyncio.shield(proc.wait()), self.kill_grace)
-                return
-            except TimeoutError:
-                continue
+        await end_group(proc, self.kill_grace)
 
     # -- env and volumes -------------------------------------------------------------------------
 
