@@ -25,7 +25,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY operator/ ./operator/
-RUN pip wheel --no-deps --wheel-dir /dist . \
+COPY testing/ ./testing/
+# The test doubles (makima-testing: the sandbox, the scripted agent) are built as their own
+# wheel and installed only into the `testing` target, never into the operator image.
+RUN pip wheel --no-deps --wheel-dir /dist-testing ./testing \
+ && pip wheel --no-deps --wheel-dir /dist . \
  && python -m venv /opt/makima \
  && /opt/makima/bin/pip install /dist/*.whl \
  && /opt/makima/bin/pip uninstall -y pip \
@@ -124,6 +128,16 @@ FROM runtime AS agent-aider
 COPY --from=pip-aider /opt/aider /opt/aider
 # appended: makima's own python stays first on PATH
 ENV PATH=$PATH:/opt/aider/bin
+USER 10001:10001
+
+# ---- testing: the runtime plus makima-testing (the scripted agent), for the kind e2e
+# suite only: docker build --target testing -t makima:e2e . ----
+FROM builder AS builder-testing
+RUN pip --python /opt/makima/bin/python install --no-deps /dist-testing/*.whl \
+ && find /opt/makima -name '__pycache__' -type d -prune -exec rm -rf {} +
+
+FROM runtime AS testing
+COPY --from=builder-testing /opt/makima /opt/makima
 USER 10001:10001
 
 # ---- the default target: the operator image (runtime, unchanged) ----

@@ -10,14 +10,15 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 install: $(PY)
-	$(PIP) install -q -e '.[test]'
+	$(PIP) install -q -e '.[test]' -e ./testing
 
 demo: install
 	$(VENV)/bin/makima demo
 
 lint: install
-	$(VENV)/bin/ruff check operator tests benchmarks
-	$(VENV)/bin/ruff format --check operator tests benchmarks
+	$(VENV)/bin/ruff check operator testing tests benchmarks
+	$(VENV)/bin/ruff format --check operator testing tests benchmarks
+	$(VENV)/bin/lint-imports
 
 typecheck: install
 	$(VENV)/bin/mypy
@@ -63,7 +64,7 @@ chaos: install
 # Every benchmark side by side: one table, benchmarks/results/latest.{json,png} (and a dated
 # copy). `make bench ARGS=--full` runs the scale benchmark at 2,000 directives x 25 steps.
 bench: install
-	$(PIP) install -q -e '.[test,bench]'
+	$(PIP) install -q -e '.[test,bench]' -e ./testing
 	$(PY) benchmarks/run.py $(ARGS)
 
 clean:

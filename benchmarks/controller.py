@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from makima import naming
-from makima.controller import Controller
-from makima.reconcile import ReconcileConfig
-from makima.tasks import Task, TaskKind, TaskState
+from makima.control.controller import Controller
+from makima.core import naming
+from makima.core.reconcile import ReconcileConfig
+from makima.core.tasks import Task, TaskKind, TaskState
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

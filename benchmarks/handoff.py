@@ -48,14 +48,14 @@ from typing import Any
 import aiohttp
 import yaml
 
-from makima import controller as controller_module
-from makima import metrics
-from makima.config import OperatorSettings
-from makima.crds import all_crds
-from makima.runtime import Operator, run_operator
-from makima.sandbox import Sandbox
-from makima.store.embedded import EmbeddedPostgres
-from makima.tasks import Task, TaskKind
+from makima.control import controller as controller_module
+from makima.control import metrics
+from makima.control.config import OperatorSettings
+from makima.control.runtime import Operator, run_operator
+from makima.control.store.embedded import EmbeddedPostgres
+from makima.core.crds import all_crds
+from makima.core.tasks import Task, TaskKind
+from makima_testing.sandbox import Sandbox
 
 GROUP_PATH = "/apis/makima.dev/v1alpha1/namespaces/default"
 TERMINAL = ("Completed", "Failed", "Paused")

@@ -48,12 +48,12 @@ import asyncpg
 import psutil
 import yaml
 
-from makima.client import TaskClient
-from makima.crds import all_crds
-from makima.daemon import Daemon, DaemonConfig
-from makima.protocol import Outcome, StepSubmission, TaskResult, TaskSpec
-from makima.store.embedded import EmbeddedPostgres
-from makima.tasks import TaskKind
+from makima.control.store.embedded import EmbeddedPostgres
+from makima.core.crds import all_crds
+from makima.core.protocol import Outcome, StepSubmission, TaskResult, TaskSpec
+from makima.core.tasks import TaskKind
+from makima.dataplane.client import TaskClient
+from makima.dataplane.daemon import Daemon, DaemonConfig
 
 NS = "default"
 GROUP_PATH = f"/apis/makima.dev/v1alpha1/namespaces/{NS}"
@@ -68,7 +68,7 @@ def free_port() -> int:
 
 
 def makima_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-c", "from makima.cli import main; main()", *args]
+    return [sys.executable, "-c", "from makima.cli.main import main; main()", *args]
 
 
 # ---- the instant agent (a test double), behind a real daemon connection ----------------------
@@ -211,7 +211,7 @@ class Rig:
         cmd = makima_cmd("operator")
         if self.profile is not None:
             script = self.root / "operator_main.py"
-            script.write_text("from makima.cli import main\n\nmain()\n")
+            script.write_text("from makima.cli.main import main\n\nmain()\n")
             cmd = [sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(self.profile), str(script), "operator"]
             self.profile = None  # the restart (start-up figure) runs without it
         self.operator = subprocess.Popen(  # noqa: ASYNC220 (the spawn is part of the start-up timed)

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import psutil
 
-from makima.store import TaskStore
-from makima.store.embedded import FAST_SETTINGS, POSTGRES_BIN_PATH, EmbeddedPostgres
-from makima.tasks import Task, TaskKind, TaskState
+from makima.control.store import TaskStore
+from makima.control.store.embedded import FAST_SETTINGS, POSTGRES_BIN_PATH, EmbeddedPostgres
+from makima.core.tasks import Task, TaskKind, TaskState
 
 HOPS = (TaskState.DISPATCHED, TaskState.RUNNING, TaskState.SUCCEEDED)
 

@@ -16,6 +16,6 @@ def _no_process_hardening_in_pytest(monkeypatch: pytest.MonkeyPatch) -> None:
     subreaper). Tests that invoke those commands in-process (typer's CliRunner) would harden
     pytest itself, so here that one call is a no-op; the hardening is exercised for real by the
     tests that start the runner as its own process (tests/runner/test_hostile_agent.py)."""
-    from makima.runner import proctree
+    from makima.dataplane.runner import proctree
 
     monkeypatch.setattr(proctree, "harden_runner", lambda **_: False)

@@ -14,11 +14,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from makima.api import ApiDeps, build_app
-from makima.executors.daemons import DaemonHub, DaemonSettings
-from makima.protocol import AgentSettings, Problem, StepSubmission, TaskSpec, WorkspacePlan
-from makima.store import TaskStore, hash_token, new_token
-from makima.tasks import Task, TaskKind, TaskState
+from makima.control.api import ApiDeps, build_app
+from makima.control.executors.daemons import DaemonHub, DaemonSettings
+from makima.control.store import TaskStore, hash_token, new_token
+from makima.core.protocol import AgentSettings, Problem, StepSubmission, TaskSpec, WorkspacePlan
+from makima.core.tasks import Task, TaskKind, TaskState
 
 NAMESPACE = "team-a"
 DAEMON_TOKEN = "daemon-token-for-team-a"

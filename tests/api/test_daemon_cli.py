@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from makima.daemon_cli import DAEMON_TOKEN_SECRET, app, parse_labels
+from makima.cli.daemon import DAEMON_TOKEN_SECRET, app, parse_labels
 
 runner = CliRunner()
 

@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 from pydantic import TypeAdapter
 
-from makima import metrics
-from makima.executors.daemons import CLOSE_FORBIDDEN, CLOSE_LOST
-from makima.protocol import (
+from makima.control import metrics
+from makima.control.executors.daemons import CLOSE_FORBIDDEN, CLOSE_LOST
+from makima.core.protocol import (
     CancelTask,
     DaemonHeartbeat,
     DaemonHello,
@@ -22,7 +22,7 @@ from makima.protocol import (
     SpawnAck,
     SpawnTask,
 )
-from makima.tasks import TaskState
+from makima.core.tasks import TaskState
 
 from .conftest import DAEMON_TOKEN, NAMESPACE, Api, bearer, make_task, spec_of
 

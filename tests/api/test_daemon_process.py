@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
-from makima import api as api_pkg
-from makima.client import TaskClient
-from makima.daemon import DAEMON_CONNECT_PATH, ENV_DAEMON_TOKEN, Daemon, DaemonConfig, TaskRunner, task_env
-from makima.protocol import EventType, Outcome, TaskEvent, TaskResult, TaskSpec
-from makima.tasks import TaskState
+from makima.control import api as api_pkg
+from makima.core.protocol import EventType, Outcome, TaskEvent, TaskResult, TaskSpec
+from makima.core.tasks import TaskState
+from makima.dataplane.client import TaskClient
+from makima.dataplane.daemon import DAEMON_CONNECT_PATH, ENV_DAEMON_TOKEN, Daemon, DaemonConfig, TaskRunner, task_env
 
 from .conftest import DAEMON_TOKEN, NAMESPACE, Api, make_task, spec_of
 
@@ -226,7 +226,7 @@ def test_the_daemon_token_is_hidden_from_tasks_and_paths_agree() -> None:
 def test_backoff_grows_with_jitter_and_is_capped() -> None:
     import random
 
-    from makima.daemon import backoff_delay
+    from makima.dataplane.daemon import backoff_delay
 
     rng = random.Random(7)
     delays: list[Any] = [backoff_delay(n, 0.5, 30.0, rng) for n in range(12)]

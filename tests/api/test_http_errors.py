@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from makima.protocol import MAX_BODY_BYTES, ErrorBody
-from makima.tasks import TaskKind, TaskState
+from makima.core.protocol import MAX_BODY_BYTES, ErrorBody
+from makima.core.tasks import TaskKind, TaskState
 
 from .conftest import Api, bearer, make_task
 
@@ -163,7 +163,7 @@ async def test_fuzzed_paths_queries_and_headers_never_produce_a_500(api: Api, pa
 async def test_api_server_serves_on_an_ephemeral_port(api: Api) -> None:
     import aiohttp
 
-    from makima.api import ApiServer
+    from makima.control.api import ApiServer
 
     server = ApiServer(api.deps, host="127.0.0.1", port=0)
     await server.start()

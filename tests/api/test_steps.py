@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from makima.tasks import TaskKind, TaskState
+from makima.core.tasks import TaskKind, TaskState
 
 from .conftest import Api, bearer, make_task
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from makima.tasks import TaskKind, TaskState
+from makima.core.tasks import TaskKind, TaskState
 
 from .conftest import READER_TOKEN, Api, bearer, make_task
 
@@ -316,7 +316,7 @@ async def test_a_forged_branch_or_commit_is_refused(api: Api, report: dict[str, 
 
 
 async def test_a_results_usage_is_stored_and_counted_once(api: Api) -> None:
-    from makima import metrics
+    from makima.control import metrics
 
     task, token = await make_task(api.store, state=TaskState.RUNNING)
     labels = {"agent": "codex", "namespace": task.namespace}

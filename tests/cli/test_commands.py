@@ -1,6 +1,6 @@
 """The people commands (`makima get/describe/retry/pause/resume/logs`) against the sandbox
 cluster (a test double of the Kubernetes API) and, for `logs`, the real operator API
-(`makima.api.build_app`) on a real PostgreSQL store."""
+(`makima.control.api.build_app`) on a real PostgreSQL store."""
 
 from __future__ import annotations
 
@@ -16,14 +16,14 @@ from aiohttp.test_utils import TestServer
 from kubernetes import client
 from typer.testing import CliRunner, Result
 
-from makima.api import ApiDeps, build_app
-from makima.cli import app
-from makima.crds import all_crds
-from makima.executors.daemons import DaemonHub, DaemonSettings
-from makima.kube import load_config
-from makima.sandbox import SandboxThread
-from makima.store import TaskStore
-from makima.tasks import TaskState
+from makima.cli.main import app
+from makima.control.api import ApiDeps, build_app
+from makima.control.executors.daemons import DaemonHub, DaemonSettings
+from makima.control.kube import load_config
+from makima.control.store import TaskStore
+from makima.core.crds import all_crds
+from makima.core.tasks import TaskState
+from makima_testing.sandbox import SandboxThread
 from tests.api.conftest import fixed_spec, make_task
 
 GROUP, VERSION = "makima.dev", "v1alpha1"
@@ -198,7 +198,7 @@ def test_get_watch_redraws_until_interrupted(cluster: Cluster, monkeypatch: pyte
         else:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr("makima.people_cli.time.sleep", sleep)
+    monkeypatch.setattr("makima.cli.people.time.sleep", sleep)
     result = cluster.run("get", "directive", "w1", "--watch", "--interval", "0.5")
     assert result.exit_code == 0, result.output
     assert sleeps == [0.5, 0.5]
@@ -215,7 +215,7 @@ def test_unknown_directive_is_a_clear_error(cluster: Cluster) -> None:
 
 
 def test_unreachable_cluster_is_a_clear_error(tmp_path: Any) -> None:
-    from makima.sandbox.server import kubeconfig_text
+    from makima_testing.sandbox.server import kubeconfig_text
 
     kubeconfig = tmp_path / "config"
     kubeconfig.write_text(kubeconfig_text("http://127.0.0.1:9"))
@@ -287,7 +287,7 @@ def test_retry_a_named_step_only(cluster: Cluster) -> None:
 
 def test_retry_refuses_a_stale_decision(cluster: Cluster) -> None:
     """The status patch carries the resourceVersion it was decided on (a write in between is a 409)."""
-    from makima.kube import UserKube
+    from makima.control.kube import UserKube
 
     cluster.directive("r3")
     cluster.step("r3", "x", phase="Failed", attempts=1)
@@ -436,7 +436,7 @@ async def test_logs_prints_output_lines_and_other_events(cluster: Cluster, store
 
 
 async def test_logs_planning_task(cluster: Cluster, store: TaskStore) -> None:
-    from makima.tasks import TaskKind
+    from makima.core.tasks import TaskKind
 
     task, _ = await make_task(store, kind=TaskKind.PLANNING, state=TaskState.SUCCEEDED)
     await store.append_events(task.id, [("output", {"lines": ["planned 3 steps"]})])

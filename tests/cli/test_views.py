@@ -1,4 +1,4 @@
-"""Snapshot tests of the people CLI's renderers (makima.views).
+"""Snapshot tests of the people CLI's renderers (makima.cli.views).
 
 The renderables are printed to a fixed-width rich Console without colour and compared with
 tests/cli/snapshots/. Regenerate with MAKIMA_UPDATE_SNAPSHOTS=1 pytest tests/cli/test_views.py,
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from rich.console import Console, RenderableType
 
-from makima import views
+from makima.cli import views
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
 UPDATE = os.environ.get("MAKIMA_UPDATE_SNAPSHOTS") == "1"

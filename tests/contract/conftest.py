@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import yaml
 
-from makima.sandbox import SandboxThread
+from makima_testing.sandbox import SandboxThread
 
 MANIFESTS = Path(__file__).parent / "manifests"
 WIDGETS = "/apis/contract.makima.dev/v1"

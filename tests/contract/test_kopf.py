@@ -11,7 +11,7 @@ import kopf
 import pytest
 import yaml
 
-from makima.sandbox import SandboxThread
+from makima_testing.sandbox import SandboxThread
 from tests.support.sandbox import kopf_operator
 
 from .conftest import MANIFESTS

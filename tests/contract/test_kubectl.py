@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from makima.sandbox import SandboxThread
+from makima_testing.sandbox import SandboxThread
 
 from .conftest import MANIFESTS
 

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from makima.sandbox import Sandbox, SandboxThread
-from makima.sandbox.patching import strategic_merge_patch
+from makima_testing.sandbox import Sandbox, SandboxThread
+from makima_testing.sandbox.patching import strategic_merge_patch
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_kubernetes_client_works(sandbox: SandboxThread) -> None:
 
 
 def test_cli_up_background_and_down(tmp_path: Path) -> None:
-    makima = [sys.executable, "-c", "from makima.cli import main; main()", "sandbox"]
+    makima = [sys.executable, "-c", "from makima.cli.main import main; main()", "sandbox"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     up = subprocess.run(
         [*makima, "up", "--background", "--state-dir", str(tmp_path)],

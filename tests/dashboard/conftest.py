@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from makima.dashboard.server import DashboardSettings, start
-from makima.kube import UserKube
+from makima.cli.dashboard.server import DashboardSettings, start
+from makima.control.kube import UserKube
 
 # The operator and the sandbox as the integration tests start them (fixtures re-exported).
 from tests.integration.conftest import api, cluster, origin, sandbox, start_operator  # noqa: F401

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from makima.sandbox.server import SandboxThread
+from makima_testing.sandbox.server import SandboxThread
 
 from ..integration.conftest import Api, OperatorFactory, example_directive
 from .conftest import READER_TOKEN, DashboardFactory

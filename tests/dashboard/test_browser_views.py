@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from makima.naming import step_labels, step_object_name
-from makima.sandbox.server import SandboxThread
+from makima.core.naming import step_labels, step_object_name
+from makima_testing.sandbox.server import SandboxThread
 
 from ..integration.conftest import GROUP_PATH, Api
 from .conftest import DashboardFactory

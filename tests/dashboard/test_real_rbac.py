@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from makima.kube import KubeError, UserKube
-from makima.naming import step_labels, step_object_name
+from makima.control.kube import KubeError, UserKube
+from makima.core.naming import step_labels, step_object_name
 from tests.ship.chart import render
 
 from .conftest import DashboardFactory

@@ -12,8 +12,8 @@ from typing import Any
 
 import aiohttp
 
-from makima.client import EventReader
-from makima.sandbox.server import SandboxThread
+from makima.dataplane.client import EventReader
+from makima_testing.sandbox.server import SandboxThread
 
 from ..integration.conftest import Api
 from .conftest import DashboardFactory
@@ -115,7 +115,7 @@ async def test_guards_stream_and_secrecy(
 def test_the_dashboard_command(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from makima.cli import app
+    from makima.cli.main import app
 
     result = CliRunner().invoke(app, ["dashboard", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -137,7 +137,7 @@ async def test_makima_demo_keep_prints_a_dashboard_command_that_works(pg_dsn: st
 
     from rich.console import Console
 
-    from makima.demo import DemoOptions, run_demo
+    from makima.cli.demo import DemoOptions, run_demo
     from tests.integration.test_demo import _exported
 
     out = io.StringIO()
@@ -151,7 +151,7 @@ async def test_makima_demo_keep_prints_a_dashboard_command_that_works(pg_dsn: st
         env = {**os.environ, **_exported(pasted)}
         line = next(x for x in pasted if x.startswith("makima dashboard"))
         args = line.split("#")[0].split()[1:]
-        makima = [sys.executable, "-c", "from makima.cli import main; main()"]
+        makima = [sys.executable, "-c", "from makima.cli.main import main; main()"]
         argv = [*makima, *args, "--port", "0"]
         proc = await asyncio.to_thread(subprocess.Popen, argv, env=env, stdout=subprocess.PIPE, text=True)
         assert proc.stdout is not None

@@ -58,7 +58,7 @@ def cluster(engine: Engine) -> Iterator[Cluster]:
 
         image = os.environ.get("MAKIMA_E2E_IMAGE") or IMAGE
         if not os.environ.get("MAKIMA_E2E_IMAGE"):
-            run([engine.binary, "build", "-t", image, str(ROOT)], timeout=1800)
+            run([engine.binary, "build", "--target", "testing", "-t", image, str(ROOT)], timeout=1800)
         if engine.name == "docker":
             run([kind, "load", "docker-image", image, "--name", name], env=env)
         else:

@@ -21,10 +21,10 @@ import aiohttp
 import pytest
 import yaml
 
-from makima.config import OperatorSettings
-from makima.crds import all_crds
-from makima.runtime import Operator, run_operator
-from makima.sandbox.server import SandboxThread
+from makima.control.config import OperatorSettings
+from makima.control.runtime import Operator, run_operator
+from makima.core.crds import all_crds
+from makima_testing.sandbox.server import SandboxThread
 
 GROUP_PATH = "/apis/makima.dev/v1alpha1"
 # A deadline for a condition on a loaded machine (a CPU hog beside the suite, several suites at

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from makima.crds import all_crds
+from makima.core.crds import all_crds
 from tests.ship.chart import chart
 from tests.support.realcluster import RealCluster
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from makima.tasks import TaskKind
+from makima.core.tasks import TaskKind
 
 from .conftest import Api, OperatorFactory, scripted
 

@@ -8,10 +8,10 @@ import base64
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from makima import naming
-from makima.store import TaskStore
-from makima.store.tokens import hash_token
-from makima.tasks import Task, TaskKind, TaskState
+from makima.control.store import TaskStore
+from makima.control.store.tokens import hash_token
+from makima.core import naming
+from makima.core.tasks import Task, TaskKind, TaskState
 
 from .conftest import Api, OperatorFactory, scripted
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import aiohttp
 
-from makima.daemon_cli import daemon_token_secret
-from makima.runtime import Operator
-from makima.tasks import Task, TaskKind, TaskState
+from makima.cli.daemon import daemon_token_secret
+from makima.control.runtime import Operator
+from makima.core.tasks import Task, TaskKind, TaskState
 
 from .conftest import LOADED, Api, OperatorFactory, git, scripted
 

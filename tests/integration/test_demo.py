@@ -19,8 +19,8 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from makima.cli import app
-from makima.demo import ClusterClient, DemoOptions, run_demo
+from makima.cli.demo import ClusterClient, DemoOptions, run_demo
+from makima.cli.main import app
 
 from .conftest import OperatorFactory, git
 

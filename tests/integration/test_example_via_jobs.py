@@ -79,8 +79,8 @@ def assert_calls_have_rbac_rules() -> None:
     """The Kubernetes calls kube.py made (counted by the operator, in this process: earlier tests'
     daemons included) all have a rule in OPERATOR_RULES or NAMED_RULES (the counter does not see
     names; on the real cluster the chart's RBAC, names included, is enforced for real)."""
-    from makima.kube_calls import NAMED_RULES, OPERATOR_RULES
-    from makima.metrics import API_CALLS
+    from makima.control.kube_calls import NAMED_RULES, OPERATOR_RULES
+    from makima.control.metrics import API_CALLS
 
     allowed = {(resource, verb) for _group, resource, verbs in OPERATOR_RULES for verb in verbs}
     allowed |= {(resource, verb) for _group, resource, verbs, _names in NAMED_RULES for verb in verbs}

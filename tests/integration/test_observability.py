@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from makima import metrics
+from makima.control import metrics
 
 from .conftest import Api, OperatorFactory, free_port, scripted
 

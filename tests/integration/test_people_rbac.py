@@ -16,7 +16,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from makima.kube import KubeError, UserKube
+from makima.control.kube import KubeError, UserKube
 from tests.ship.chart import chart
 from tests.support.realcluster import RealCluster
 

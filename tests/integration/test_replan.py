@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from makima.tasks import TaskKind, TaskState
+from makima.core.tasks import TaskKind, TaskState
 
 from .conftest import Api, OperatorFactory, scripted
 from .test_scenarios import finished, phase, tasks_of

@@ -8,7 +8,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from makima import metrics
+from makima.control import metrics
 
 from .conftest import Api, OperatorFactory, scripted
 

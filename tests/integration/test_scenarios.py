@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from makima.runtime import Operator
-from makima.tasks import Task, TaskKind, TaskState
+from makima.control.runtime import Operator
+from makima.core.tasks import Task, TaskKind, TaskState
 
 from .conftest import LOADED, Api, OperatorFactory, git, scripted
 

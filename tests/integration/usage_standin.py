@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 prompt = sys.stdin.read()
-done = subprocess.run([sys.executable, "-m", "makima.runner.scripted"], input=prompt, text=True, check=False)
+done = subprocess.run([sys.executable, "-m", "makima_testing.scripted"], input=prompt, text=True, check=False)
 print(json.dumps({"type": "thread.started", "thread_id": "stand-in"}), flush=True)
 usage = {
     "input_tokens": int(os.environ["STANDIN_INPUT_TOKENS"]),

@@ -38,9 +38,9 @@ import aiohttp
 import yaml
 from aiohttp import web
 
-from makima.runner.proctree import end_group, end_marked
-from makima.sandbox import podenv
-from makima.sandbox.jobs import ENV_POD
+from makima.dataplane.runner.proctree import end_group, end_marked
+from makima_testing.sandbox import podenv
+from makima_testing.sandbox.jobs import ENV_POD
 
 log = logging.getLogger("node-agent")
 

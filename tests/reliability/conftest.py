@@ -7,7 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-from makima.store import TaskStore
+from makima.control.store import TaskStore
 
 from .proxy import CutProxy
 

@@ -41,8 +41,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from makima.store import TaskStore
-from makima.tasks import TaskState
+from makima.control.store import TaskStore
+from makima.core.tasks import TaskState
 
 from .proxy import CutProxy
 

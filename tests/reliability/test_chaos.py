@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from makima.sandbox import SandboxThread
+from makima_testing.sandbox import SandboxThread
 
 from .conftest import free_port
 from .harness import ChaosConfig, chaos_plan, run_chaos

@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from makima.api import ApiDeps, build_app
-from makima.daemon import Daemon, DaemonConfig
-from makima.executors.daemons import DaemonHub, DaemonSettings
-from makima.protocol import TaskSpec
-from makima.store import StoreUnavailable, TaskStore
+from makima.control.api import ApiDeps, build_app
+from makima.control.executors.daemons import DaemonHub, DaemonSettings
+from makima.control.store import StoreUnavailable, TaskStore
+from makima.core.protocol import TaskSpec
+from makima.dataplane.daemon import Daemon, DaemonConfig
 
 from .proxy import CutProxy
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from makima.controller import Controller, _KeyState
-from makima.dispatch import AgentDefaults, TaskDispatcher
-from makima.reconcile import EmitEvent, ExpireTask, Reason, ReconcileConfig
-from makima.store import TaskStore
-from makima.tasks import TaskState
+from makima.control.controller import Controller, _KeyState
+from makima.control.dispatch import AgentDefaults, TaskDispatcher
+from makima.control.store import TaskStore
+from makima.core.reconcile import EmitEvent, ExpireTask, Reason, ReconcileConfig
+from makima.core.tasks import TaskState
 from tests.store.factory import make_task
 
 

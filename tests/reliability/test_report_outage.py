@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from makima.store import TaskStore
+from makima.control.store import TaskStore
 from tests.integration.conftest import Api, OperatorFactory, free_port, scripted
 
 from .proxy import CutProxy

@@ -14,10 +14,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from makima.api import ApiDeps, build_app
-from makima.executors.daemons import DaemonHub
-from makima.store import StoreUnavailable, TaskStore
-from makima.tasks import TaskState
+from makima.control.api import ApiDeps, build_app
+from makima.control.executors.daemons import DaemonHub
+from makima.control.store import StoreUnavailable, TaskStore
+from makima.core.tasks import TaskState
 from tests.store.factory import make_task
 
 from .proxy import CutProxy

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import yaml
 
-from makima.protocol import AgentSettings, CompletionPlan, TaskSpec, WorkspacePlan
-from makima.tasks import TaskKind
+from makima.core.protocol import AgentSettings, CompletionPlan, TaskSpec, WorkspacePlan
+from makima.core.tasks import TaskKind
 
 from .doubles import FakeOperatorApi, RecordingReporter
 
-SCRIPTED = [sys.executable, "-m", "makima.runner.scripted"]
+SCRIPTED = [sys.executable, "-m", "makima_testing.scripted"]
 
 
 @pytest.fixture(autouse=True)

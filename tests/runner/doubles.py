@@ -2,7 +2,7 @@
 
 - `RecordingReporter`: a `Reporter` that keeps every event and pull-request report in memory.
 - `FakeOperatorApi`: a small aiohttp stand-in for the operator's task API (the real server is
-  `makima.api`), run on its own event loop in a thread so both sync CLI tests and async
+  `makima.control.api`), run on its own event loop in a thread so both sync CLI tests and async
   runner tests can call it. It checks the bearer token and records everything it is sent.
 """
 
@@ -16,15 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from makima.protocol import (
-    ErrorBody,
-    EventBatch,
-    EventType,
-    PullRequestReport,
-    StepBatch,
-    TaskResult,
-    TaskSpec,
-)
+from makima.core.protocol import ErrorBody, EventBatch, EventType, PullRequestReport, StepBatch, TaskResult, TaskSpec
 
 
 @dataclass

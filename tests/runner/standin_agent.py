@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from makima.agents import PROMPT_FILE, get_profile
+from makima.core.agents import PROMPT_FILE, get_profile
 
 
 def _aider_tokens(n: int) -> str:  # how aider prints counts: 950, 2.1k, 12k

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from makima.agents import PROFILES, get_profile
-from makima.protocol import EventType, Outcome
-from makima.runner import agent as runner_agent
-from makima.runner.agent import profile
-from makima.runner.run import run_task
+from makima.core.agents import PROFILES, get_profile
+from makima.core.protocol import AgentSettings, EventType, Outcome
+from makima.dataplane.runner import agent as runner_agent
+from makima.dataplane.runner.run import run_task
 
 from .conftest import files_on, step_spec
 from .doubles import RecordingReporter
@@ -70,7 +69,7 @@ async def test_usage_of_each_cli_reaches_the_task_result(
         STANDIN_MODEL=f"model-of-{name}",
     )
     reporter = RecordingReporter()
-    spec = step_spec(remote, "s", profile(name, timeout_seconds=60))
+    spec = step_spec(remote, "s", AgentSettings.from_profile(name, timeout_seconds=60))
     result = await run_task(spec, reporter, tmp_path / "work", env=env, heartbeat_seconds=5)
 
     assert result.outcome == Outcome.SUCCEEDED, result.message
@@ -98,7 +97,7 @@ async def test_a_missing_cli_fails_at_once_naming_agent_and_command(
     p = get_profile(name)
     reporter = RecordingReporter()
     env = task_env(tmp_path / "empty-bin", key=p.key_env[0] if p.key_env else None)
-    spec = step_spec(remote, "s", profile(name, timeout_seconds=3600))
+    spec = step_spec(remote, "s", AgentSettings.from_profile(name, timeout_seconds=3600))
     result = await run_task(spec, reporter, tmp_path / "work", env=env, heartbeat_seconds=5)
     assert result.outcome == Outcome.FAILED
     assert f"agent {name}: its command '{p.binary}' is not installed" in result.message
@@ -113,7 +112,7 @@ async def test_a_missing_key_fails_at_once_naming_agent_and_variable(
     p = get_profile(name)
     install_standin(tmp_path / "bin", name)
     reporter = RecordingReporter()
-    spec = step_spec(remote, "s", profile(name, timeout_seconds=3600))
+    spec = step_spec(remote, "s", AgentSettings.from_profile(name, timeout_seconds=3600))
     result = await run_task(spec, reporter, tmp_path / "work", env=task_env(tmp_path / "bin", key=None))
     assert result.outcome == Outcome.FAILED
     assert f"agent {name}: no model key: set {p.key_env[0]}" in result.message
@@ -124,7 +123,7 @@ async def test_claude_code_as_root_fails_at_once(remote: Path, tmp_path: Path, m
     monkeypatch.setattr(runner_agent.os, "geteuid", lambda: 0)
     install_standin(tmp_path / "bin", "claude-code")
     reporter = RecordingReporter()
-    spec = step_spec(remote, "s", profile("claude-code", timeout_seconds=3600))
+    spec = step_spec(remote, "s", AgentSettings.from_profile("claude-code", timeout_seconds=3600))
     env = task_env(tmp_path / "bin", key="ANTHROPIC_API_KEY")
     result = await run_task(spec, reporter, tmp_path / "work", env=env, heartbeat_seconds=5)
     assert result.outcome == Outcome.FAILED

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from makima.cli import app
-from makima.protocol import ErrorBody, Outcome, Problem
+from makima.cli.main import app
+from makima.core.protocol import ErrorBody, Outcome, Problem
 
 from .conftest import scripted_agent, step_spec
 from .doubles import FakeOperatorApi

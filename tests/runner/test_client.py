@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from makima.client import ApiError, MissingEnvironment, TaskClient, retry_after_seconds
-from makima.protocol import EventType, Outcome, StepSubmission, TaskEvent, TaskResult
-from makima.runner import agent as agent_mod
-from makima.runner.agent import OutputStreamer
-from makima.runner.report import ApiReporter
+from makima.core.protocol import EventType, Outcome, StepSubmission, TaskEvent, TaskResult
+from makima.dataplane.client import ApiError, MissingEnvironment, TaskClient, retry_after_seconds
+from makima.dataplane.runner import agent as agent_mod
+from makima.dataplane.runner.agent import OutputStreamer
+from makima.dataplane.runner.report import ApiReporter
 
 from .doubles import FakeOperatorApi, RecordingReporter
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from makima.protocol import Outcome
-from makima.runner.run import run_task
+from makima.core.protocol import Outcome
+from makima.dataplane.runner.run import run_task
 
 from .conftest import completion_spec, files_on, git, scripted_agent, step_spec
 from .doubles import RecordingReporter

@@ -31,7 +31,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from makima.protocol import AgentSettings, Outcome
+from makima.core.protocol import AgentSettings, Outcome
 
 from .conftest import files_on, step_spec
 from .doubles import FakeOperatorApi

@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from makima.runner.git import GitCredentials
-from makima.runner.hosts import (
+from makima.dataplane.runner.git import GitCredentials
+from makima.dataplane.runner.hosts import (
     GitHostError,
     GitHubHost,
     LocalHost,

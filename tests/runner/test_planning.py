@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from makima.protocol import ErrorBody, Outcome, TaskSpec, WorkspacePlan
-from makima.runner.run import run_task
-from makima.tasks import TaskKind
+from makima.core.protocol import ErrorBody, Outcome, TaskSpec, WorkspacePlan
+from makima.core.tasks import TaskKind
+from makima.dataplane.runner.run import run_task
 
 from .conftest import scripted_agent
 from .doubles import FakeOperatorApi, RecordingReporter

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from makima.protocol import AgentSettings, Outcome
-from makima.runner.agent import AgentContext, run_agent
+from makima.core.protocol import AgentSettings, Outcome
+from makima.dataplane.runner.agent import AgentContext, run_agent
 
 from .conftest import step_spec
 from .doubles import FakeOperatorApi, RecordingReporter

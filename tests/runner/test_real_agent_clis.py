@@ -19,10 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from makima.agents import PROFILES, get_profile
-from makima.protocol import Outcome
-from makima.runner.agent import profile
-from makima.runner.run import run_task
+from makima.core.agents import PROFILES, get_profile
+from makima.core.protocol import AgentSettings, Outcome
+from makima.dataplane.runner.run import run_task
 
 from .conftest import step_spec
 from .doubles import RecordingReporter
@@ -70,7 +69,7 @@ def env_without_keys(exe: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 async def run_real(name: str, remote: Path, tmp_path: Path, env: dict[str, str], *, timeout: float, extra: list[str]):  # type: ignore[no-untyped-def]
     """The profile as the operator sends it, minus the key check (the CLI's own check is the point)."""
-    settings = profile(name, timeout_seconds=timeout)
+    settings = AgentSettings.from_profile(name, timeout_seconds=timeout)
     settings = settings.model_copy(update={"key_env": [], "command": [*settings.command, *extra]})
     if get_profile(name).refuses_root and os.geteuid() == 0:
         # The suite runs as root here; pods do not. Claude Code lets root pass in a sandbox it is told of.

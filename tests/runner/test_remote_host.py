@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from makima.protocol import Outcome, TaskSpec
-from makima.runner.hosts import RemoteRefsHost, host_for
-from makima.runner.run import run_task
+from makima.core.protocol import Outcome, TaskSpec
+from makima.dataplane.runner.hosts import RemoteRefsHost, host_for
+from makima.dataplane.runner.run import run_task
 
 from .conftest import completion_spec, files_on, git, scripted_agent, step_spec
 from .doubles import RecordingReporter
@@ -88,7 +88,7 @@ async def test_completion_over_git_protocol_records_the_pull_request_in_the_serv
 
 
 def test_plain_git_servers_get_the_refs_host_only_with_a_git_and_scratch(tmp_path: Path) -> None:
-    from makima.runner.git import Git
+    from makima.dataplane.runner.git import Git
 
     url = "https://git.example.com/team/app.git"
     host = host_for(url, env={}, git=Git(cwd=tmp_path), scratch=tmp_path / "pulls.git")

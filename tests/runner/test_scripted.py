@@ -8,8 +8,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from makima.cli import app
-from makima.runner.scripted import EXIT_BAD_SCRIPT, Script, load_script, run_script
+from makima.cli.main import app
+from makima_testing.scripted import EXIT_BAD_SCRIPT, Script, load_script, run_script
 
 from .conftest import git
 
@@ -89,7 +89,7 @@ def test_an_invalid_plan_is_reported_without_a_traceback(tmp_path: Path) -> None
     script = yaml.safe_dump({"plan": [{"name": "Bad_Name", "title": "t"}]})
     env = {"MAKIMA_AGENT_SCRIPT": script, "MAKIMA_TASK_KIND": "planning", "MAKIMA_GENERATION": "1", "PATH": ""}
     done = subprocess.run(
-        [sys.executable, "-m", "makima.runner.scripted"], env=env, cwd=tmp_path, capture_output=True, text=True
+        [sys.executable, "-m", "makima_testing.scripted"], env=env, cwd=tmp_path, capture_output=True, text=True
     )
     assert done.returncode == EXIT_BAD_SCRIPT, done.stderr
     assert "Traceback" not in done.stderr and "pydantic" not in done.stderr

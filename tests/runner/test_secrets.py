@@ -18,10 +18,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from makima.protocol import AgentSettings, Outcome
-from makima.runner.agent import AgentContext, agent_env
-from makima.runner.git import write_askpass
-from makima.runner.run import run_task
+from makima.core.protocol import AgentSettings, Outcome
+from makima.dataplane.runner.agent import AgentContext, agent_env
+from makima.dataplane.runner.git import write_askpass
+from makima.dataplane.runner.run import run_task
 
 from .conftest import files_on, git, step_spec
 from .doubles import RecordingReporter

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from makima.protocol import AgentSettings, EventType, Outcome
-from makima.runner.run import run_task
+from makima.core.protocol import AgentSettings, EventType, Outcome
+from makima.dataplane.runner.run import run_task
 
 from .conftest import files_on, git, scripted_agent, step_spec
 from .doubles import RecordingReporter

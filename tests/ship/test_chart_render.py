@@ -114,7 +114,7 @@ def test_operator_deployment_is_restricted_and_probed() -> None:
 
 
 def test_operator_environment_matches_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from makima.config import OperatorSettings
+    from makima.control.config import OperatorSettings
 
     container = one(render(), "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0]
     env = env_of(container)
@@ -139,7 +139,7 @@ def test_operator_environment_matches_settings(monkeypatch: pytest.MonkeyPatch) 
 
 
 def test_watch_namespaces_and_agent_command_reach_the_operator(monkeypatch: pytest.MonkeyPatch) -> None:
-    from makima.config import OperatorSettings
+    from makima.control.config import OperatorSettings
 
     values = {"watchNamespaces": ["team-a", "team-b"], "agent": {"command": ["makima", "agent", "scripted"]}}
     env = env_of(one(render(values), "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0])
@@ -212,7 +212,7 @@ def test_network_policy_confines_agent_pods() -> None:
 
 
 def test_agent_labels_match_the_operator_naming() -> None:
-    from makima import naming
+    from makima.core import naming
 
     assert naming.LABEL_MANAGED_BY == "app.kubernetes.io/managed-by"
     assert naming.MANAGED_BY == "makima"
@@ -280,7 +280,7 @@ def test_notes_say_what_to_do_next() -> None:
 def test_daemon_cli_accepts_the_rendered_arguments() -> None:
     from typer.testing import CliRunner
 
-    from makima.daemon_cli import app as daemon_app
+    from makima.cli.daemon import app as daemon_app
 
     docs = render({"daemon": {"enabled": True, "capacity": 2, "labels": {"zone": "a"}, "args": ["--verbose"]}})
     args = one(docs, "Deployment", f"{FULLNAME}-daemon")["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -309,14 +309,14 @@ def test_bundled_postgresql_is_reachable_from_the_operator_only() -> None:
 def test_the_default_install_runs_the_chosen_agent_in_its_image(profile: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """helm install (defaults, or agent.profile=X) + a Directive without spec.agent: the Job runs
     that profile's CLI in the image of the Dockerfile target that contains it."""
-    from makima import naming
-    from makima.agents import get_profile
-    from makima.config import OperatorSettings
-    from makima.dispatch import agent_settings
-    from makima.executors.jobs import build_job
-    from makima.models import Directive
-    from makima.runtime import agent_defaults, job_defaults
-    from makima.tasks import Task, TaskKind
+    from makima.control.config import OperatorSettings
+    from makima.control.dispatch import agent_settings
+    from makima.control.executors.jobs import build_job
+    from makima.control.runtime import agent_defaults, job_defaults
+    from makima.core import naming
+    from makima.core.agents import get_profile
+    from makima.core.models import Directive
+    from makima.core.tasks import Task, TaskKind
 
     values = {} if profile == "claude-code" else {"agent": {"profile": profile}}
     UID = "0b0c6a2e-2f6a-4d0e-9b1e-3c3f3e1d2a10"
@@ -360,7 +360,7 @@ def test_the_default_install_runs_the_chosen_agent_in_its_image(profile: str, mo
 
 
 def test_an_agent_image_given_per_profile_wins(monkeypatch: pytest.MonkeyPatch) -> None:
-    from makima.config import OperatorSettings
+    from makima.control.config import OperatorSettings
 
     env = env_of(
         one(render(SCENARIOS["agent-own-image"]), "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0]

@@ -141,7 +141,7 @@ def test_default_target_is_the_plain_runtime(whole: DockerfileParser) -> None:
 
 
 def test_each_profile_has_an_agent_target_with_its_pinned_cli(whole: DockerfileParser) -> None:
-    from makima.agents import PROFILES
+    from makima.core.agents import PROFILES
 
     named = _named(whole)
     global_args = _global_args(whole)

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from makima.kube import ADMIN_USER_RULES, USER_RULES
-from makima.kube_calls import DAEMON_CREDENTIALS_RULES, NAMED_RULES, OPERATOR_RULES
+from makima.control.kube import ADMIN_USER_RULES, USER_RULES
+from makima.control.kube_calls import DAEMON_CREDENTIALS_RULES, NAMED_RULES, OPERATOR_RULES
 
 from .chart import NAMESPACE, RELEASE, of_kind, render
 

@@ -6,8 +6,8 @@ import itertools
 import uuid
 from typing import Any
 
-from makima.naming import step_task_id
-from makima.tasks import Task, TaskKind
+from makima.core.naming import step_task_id
+from makima.core.tasks import Task, TaskKind
 
 _counter = itertools.count()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from makima.store import TaskStore
+from makima.control.store import TaskStore
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 

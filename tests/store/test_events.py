@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from makima.store import MAX_PAYLOAD_BYTES, TaskNotFound, TaskStore
+from makima.control.store import MAX_PAYLOAD_BYTES, TaskNotFound, TaskStore
 
 from .factory import make_task
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from makima.store import MigrationError, TaskStore
-from makima.store.migrations import Migration, load_migrations, migrate
+from makima.control.store import MigrationError, TaskStore
+from makima.control.store.migrations import Migration, load_migrations, migrate
 from tests.support.pg import PgServer
 
 

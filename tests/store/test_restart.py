@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from makima.store import StoreUnavailable, TaskStore
-from makima.store.embedded import FAST_SETTINGS, EmbeddedPostgres
-from makima.tasks import TaskState
+from makima.control.store import StoreUnavailable, TaskStore
+from makima.control.store.embedded import FAST_SETTINGS, EmbeddedPostgres
+from makima.core.tasks import TaskState
 
 from .factory import make_task
 
@@ -84,7 +84,7 @@ async def test_pool_recovers_after_server_restart(server: EmbeddedPostgres) -> N
 @pytest.mark.skipif(os.geteuid() != 0, reason="only root runs the server as another user (nobody)")
 def test_runs_as_root_from_a_checkout_in_a_private_directory() -> None:
     """A clone under /root or in `mktemp -d` (0700): `nobody` cannot reach its .venv's binaries."""
-    from makima.store.embedded import POSTGRES_BIN_PATH, reachable_by
+    from makima.control.store.embedded import POSTGRES_BIN_PATH, reachable_by
 
     private = Path(tempfile.mkdtemp(prefix="makima-private-"))  # 0700, like /root
     cache = Path(tempfile.mkdtemp(prefix="makima-pgcache-"))

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from makima.store import IllegalTransition, TaskNotFound, TaskStore, VersionConflict
-from makima.tasks import TRANSITIONS, Task, TaskKind, TaskState
+from makima.control.store import IllegalTransition, TaskNotFound, TaskStore, VersionConflict
+from makima.core.tasks import TRANSITIONS, Task, TaskKind, TaskState
 
 from .factory import make_task
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from makima.store import TaskStore, hash_token, new_token, token_matches
-from makima.tasks import TaskState
+from makima.control.store import TaskStore, hash_token, new_token, token_matches
+from makima.core.tasks import TaskState
 
 from .factory import make_task
 

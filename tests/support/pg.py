@@ -27,9 +27,9 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from makima.store import TaskStore
-from makima.store.embedded import FAST_SETTINGS, EmbeddedPostgres
-from makima.store.migrations import migrate
+from makima.control.store import TaskStore
+from makima.control.store.embedded import FAST_SETTINGS, EmbeddedPostgres
+from makima.control.store.migrations import migrate
 
 T = TypeVar("T")
 

@@ -1,4 +1,4 @@
-"""Fixtures for the sandbox cluster (makima.sandbox, a test double of the Kubernetes API).
+"""Fixtures for the sandbox cluster (makima_testing.sandbox, a test double of the Kubernetes API).
 
 - `sandbox_session`: one sandbox for the whole session, on a thread of its own (works for
   sync and async tests alike; the `kubernetes` client and kubectl can use it too).
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from makima.sandbox import SandboxThread
+from makima_testing.sandbox import SandboxThread
 
 
 @pytest.fixture(scope="session")

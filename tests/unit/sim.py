@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from makima import naming
-from makima.models import Directive, DirectiveStepSpec, DirectiveStepStatus, StepPhase
-from makima.protocol import StepSubmission
-from makima.reconcile import (
+from makima.core import naming
+from makima.core.models import Directive, DirectiveStepSpec, DirectiveStepStatus, StepPhase
+from makima.core.protocol import StepSubmission
+from makima.core.reconcile import (
     Action,
     CreatePlanningTask,
     CreateSteps,
@@ -27,7 +27,7 @@ from makima.reconcile import (
     StartCompletion,
     StepView,
 )
-from makima.tasks import Task, TaskKind, TaskState
+from makima.core.tasks import Task, TaskKind, TaskState
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 DIRECTIVE_UID = "dir-uid-1"

@@ -7,11 +7,11 @@ import re
 
 import pytest
 
-from makima import agents
-from makima.agents import PROFILES, Requirements, Usage, UsageCollector, get_profile, preflight
-from makima.dispatch import AgentDefaults, agent_settings
-from makima.executors.jobs import JobDefaults, agent_image
-from makima.models import Agent
+from makima.control.dispatch import AgentDefaults, agent_settings
+from makima.control.executors.jobs import JobDefaults, agent_image
+from makima.core import agents
+from makima.core.agents import PROFILES, Requirements, Usage, UsageCollector, get_profile, preflight
+from makima.core.models import Agent
 
 
 @pytest.mark.parametrize("name", sorted(PROFILES))

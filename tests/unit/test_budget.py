@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from makima.models import Budget, DirectivePhase
-from makima.reconcile import DispatchStep, EmitEvent, ReconcileConfig, StartCompletion, decide
-from makima.tasks import TaskKind, TaskState
+from makima.core.models import Budget, DirectivePhase
+from makima.core.reconcile import DispatchStep, EmitEvent, ReconcileConfig, StartCompletion, decide
+from makima.core.tasks import TaskKind, TaskState
 from tests.unit.sim import T0, World, step
 from tests.unit.test_reconcile import planned
 

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-from makima import naming
-from makima.controller import Controller, bounded, finished_at, ttl_expiry
-from makima.models import Directive, DirectiveStatus
-from makima.protocol import StepSubmission
-from makima.reconcile import CreateSteps, DispatchStep, ReconcileConfig, Route
-from makima.tasks import Task, TaskKind, TaskState
+from makima.control.controller import Controller, bounded, finished_at, ttl_expiry
+from makima.core import naming
+from makima.core.models import Directive, DirectiveStatus
+from makima.core.protocol import StepSubmission
+from makima.core.reconcile import CreateSteps, DispatchStep, ReconcileConfig, Route
+from makima.core.tasks import Task, TaskKind, TaskState
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 NS = "ns"

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from makima.controller import Controller, Key
-from makima.reconcile import ReconcileConfig
-from makima.tasks import Task, TaskKind
+from makima.control.controller import Controller, Key
+from makima.core.reconcile import ReconcileConfig
+from makima.core.tasks import Task, TaskKind
 
 
 class Recording(Controller):

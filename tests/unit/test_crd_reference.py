@@ -7,8 +7,8 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-from makima.cli import app
-from makima.crds import all_crds, reference_markdown
+from makima.cli.main import app
+from makima.core.crds import all_crds, reference_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 REFERENCE = ROOT / "docs" / "crd-reference.md"

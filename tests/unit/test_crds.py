@@ -10,9 +10,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from makima.cli import app
-from makima.crds import all_crds, directive_crd, render
-from makima.models import DirectiveSpec
+from makima.cli.main import app
+from makima.core.crds import all_crds, directive_crd, render
+from makima.core.models import DirectiveSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""makima.dag: validation, readiness, skip propagation, order and counts."""
+"""makima.core.dag: validation, readiness, skip propagation, order and counts."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from makima import dag
-from makima.dag import Limits, Node
-from makima.models import StepPhase
-from makima.protocol import StepSubmission
+from makima.core import dag
+from makima.core.dag import Limits, Node
+from makima.core.models import StepPhase
+from makima.core.protocol import StepSubmission
 
 P = StepPhase
 

@@ -7,8 +7,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from makima.dashboard import shape
-from makima.naming import step_task_id
+from makima.cli.dashboard import shape
+from makima.core.naming import step_task_id
 
 
 def node(name: str, deps: list[str] | None = None, order: int = 0, gen: int = 1) -> dict[str, Any]:
@@ -114,7 +114,7 @@ def test_attempt_summary_from_the_task_log() -> None:
 
 
 def test_log_lines_match_makima_logs() -> None:
-    from makima.people_cli import format_event
+    from makima.cli.people import format_event
 
     output = {"at": "2026-01-01T10:00:00Z", "type": "output", "payload": {"lines": ["first", "second"]}}
     lines = shape.log_lines(output)

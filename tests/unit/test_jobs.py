@@ -8,10 +8,10 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from makima import naming
-from makima.executors.jobs import JobDefaults, build_job, job_outcome, token_secret
-from makima.models import Directive
-from makima.tasks import Task, TaskKind
+from makima.control.executors.jobs import JobDefaults, build_job, job_outcome, token_secret
+from makima.core import naming
+from makima.core.models import Directive
+from makima.core.tasks import Task, TaskKind
 
 KUBE_VERSION = "1.33"
 TOKEN = "t0k3n-never-inline"

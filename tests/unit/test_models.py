@@ -1,4 +1,4 @@
-"""makima.models validation: names, durations, bounds, goal."""
+"""makima.core.models validation: names, durations, bounds, goal."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from makima.models import (
+from makima.core.models import (
     MAX_GOAL,
     Directive,
     DirectiveSpec,
@@ -118,7 +118,7 @@ def test_a_reader_token_the_api_would_refuse_is_refused_at_start() -> None:
     """A token the API's Bearer pattern refuses (e.g. too short) fails the settings, without echoing it."""
     import pydantic
 
-    from makima.config import OperatorSettings
+    from makima.control.config import OperatorSettings
 
     with pytest.raises(pydantic.ValidationError) as exc:
         OperatorSettings(reader_token="s3cret")
@@ -131,7 +131,7 @@ def test_a_reader_token_the_api_would_refuse_is_refused_at_start() -> None:
 def test_the_operator_command_refuses_a_bad_reader_token_before_starting(monkeypatch: pytest.MonkeyPatch) -> None:
     from typer.testing import CliRunner
 
-    from makima.cli import app
+    from makima.cli.main import app
 
     result = CliRunner().invoke(app, ["operator"], env={"MAKIMA_READER_TOKEN": "s3cret"})
     assert result.exit_code == 2

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from makima.sandbox import podenv
+from makima_testing.sandbox import podenv
 
 
 def pod(**container: Any) -> dict[str, Any]:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from makima import prompts
-from makima.models import StepPhase
-from makima.reconcile import CreatePlanningTask, DispatchStep, Snapshot, decide
+from makima.core import prompts
+from makima.core.models import StepPhase
+from makima.core.reconcile import CreatePlanningTask, DispatchStep, Snapshot, decide
 from tests.unit.sim import T0, directive, step
 from tests.unit.test_reconcile import CFG, planned
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from makima import naming
-from makima.models import DirectivePhase, DirectiveStatus, PullRequestStatus, StepPhase, TaskRef
-from makima.protocol import StepSubmission
-from makima.reconcile import (
+from makima.core import naming
+from makima.core.models import DirectivePhase, DirectiveStatus, PullRequestStatus, StepPhase, TaskRef
+from makima.core.protocol import StepSubmission
+from makima.core.reconcile import (
     CreatePlanningTask,
     CreateSteps,
     DaemonView,
@@ -29,7 +29,7 @@ from makima.reconcile import (
     choose_route,
     decide,
 )
-from makima.tasks import Task, TaskKind, TaskState
+from makima.core.tasks import Task, TaskKind, TaskState
 from tests.unit.sim import T0, World, directive, step, subs_wire, task
 
 P = StepPhase
@@ -263,7 +263,7 @@ def test_daemon_mode_waits_for_a_daemon() -> None:
 
 
 def test_choose_route_job_mode_ignores_daemons() -> None:
-    from makima.models import ExecutionMode
+    from makima.core.models import ExecutionMode
 
     assert choose_route(ExecutionMode.JOB, None, [_daemon("d")]) == Route("job")
     assert choose_route(ExecutionMode.DAEMON, None, [_daemon("d", in_flight=2)]) is None

@@ -9,10 +9,10 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from makima import naming
-from makima.models import DirectivePhase, StepPhase
-from makima.protocol import StepSubmission
-from makima.reconcile import DispatchStep, MarkStep, ReconcileConfig, decide
+from makima.core import naming
+from makima.core.models import DirectivePhase, StepPhase
+from makima.core.protocol import StepSubmission
+from makima.core.reconcile import DispatchStep, MarkStep, ReconcileConfig, decide
 from tests.unit.sim import World, directive
 
 CFG = ReconcileConfig()

@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from makima.models import DirectivePhase, DirectiveSpec, DirectiveStatus
-from makima.reconcile import EmitEvent, SetDirectiveStatus, reject_invalid
+from makima.core.models import DirectivePhase, DirectiveSpec, DirectiveStatus
+from makima.core.reconcile import EmitEvent, SetDirectiveStatus, reject_invalid
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from makima import naming
-from makima.models import DirectivePhase, StepPhase
-from makima.protocol import StepSubmission
-from makima.reconcile import (
+from makima.core import naming
+from makima.core.models import DirectivePhase, StepPhase
+from makima.core.protocol import StepSubmission
+from makima.core.reconcile import (
     CreatePlanningTask,
     EmitEvent,
     PauseDirective,
@@ -17,7 +17,7 @@ from makima.reconcile import (
     StartCompletion,
     decide,
 )
-from makima.tasks import TaskKind, TaskState
+from makima.core.tasks import TaskKind, TaskState
 from tests.unit.sim import World, directive, subs_wire
 
 CFG = ReconcileConfig()
