@@ -3,7 +3,7 @@
 # (inside Job pods) and `makima db migrate`. Build: docker build -t makima:dev .
 #
 # Agent images: the same runtime plus one coding-agent CLI, pinned, from its registry
-# (profiles in operator/makima/agents.py). Build one with its target, e.g.
+# (profiles in operator/makima/core/agents.py). Build one with its target, e.g.
 #   docker build --target agent-claude -t ghcr.io/makima-dev/makima:0.1.0-agent-claude .
 # Targets: agent-claude, agent-codex, agent-gemini, agent-opencode, agent-aider.
 # The last stage is the plain runtime, so a build without --target gives the operator image.
