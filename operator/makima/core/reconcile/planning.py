@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from makima.core import dag
+from makima.core import validation
 from makima.core.protocol import StepSubmission
 from makima.core.reconcile.actions import CreatePlanningTask, CreateSteps, EmitEvent, PauseDirective
 from makima.core.reconcile.attempts import backoff, failure_text, iso, user_cancelled
@@ -102,7 +102,7 @@ def _outcome(facts: Facts, task: Task) -> tuple[list[StepSubmission], str | None
     if problem is not None or not submitted:
         return submitted, problem
     others = [node(s, s.status.phase) for s in facts.steps if s.spec.generation != task.generation]
-    problems = dag.validate_submission(others, submitted, generation=task.generation)
+    problems = validation.validate_submission(others, submitted, generation=task.generation)
     if problems:
         return [], "the submission conflicts with the existing steps: " + "; ".join(p.message for p in problems)
     return submitted, None
@@ -116,7 +116,7 @@ def _submission(task: Task) -> tuple[list[StepSubmission], str | None]:
         if result.get("final") and task.generation >= 2:
             return [], None  # a re-plan that says, explicitly, there is nothing new to do
         return [], "the planner finished without submitting any steps"
-    submitted, problems = dag.parse_submission(raw)
+    submitted, problems = validation.parse_submission(raw)
     if problems:
         return [], "the stored submission is invalid: " + "; ".join(p.message for p in problems)
     return submitted, None
