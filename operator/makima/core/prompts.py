@@ -207,10 +207,10 @@ def step_prompt(
     out.append("")
     out.append("YOUR WORKSPACE")
     if workspace.start_step is not None:
-        s = workspace.start_step
-        out.append(f"- It continues from the branch of step '{s.name}' ({s.title}): {s.branch}.")
-        for m in workspace.merged:
-            out.append(f"- The branch of step '{m.name}' ({m.title}) has been merged in: {m.branch}.")
+        start = workspace.start_step
+        out.append(f"- It continues from the branch of step '{start.name}' ({start.title}): {start.branch}.")
+        for merged in workspace.merged:
+            out.append(f"- The branch of step '{merged.name}' ({merged.title}) has been merged in: {merged.branch}.")
         out.append("  The work of these steps is already in your files; build on it, do not redo it.")
     elif workspace.pr_branch:
         out.append(f"- It starts from the directive's pull-request branch {workspace.pr_branch},")

@@ -102,12 +102,12 @@ def _observe(facts: Facts, step: StepState) -> tuple[StepState, tuple[EmitEvent,
 
 
 def _adopt(step: StepState, task: Task, now: datetime) -> StepState:
-    n = step.attempts
+    attempt = step.attempts
     mark = MarkStep(
         step.name,
         StepPhase.RUNNING,
-        message=f"attempt {n} running",
-        attempts=n,
+        message=f"attempt {attempt} running",
+        attempts=attempt,
         task=task_ref(task),
         started_at=task.started_at or task.created_at or now,
         clear=("next_attempt_at", "finished_at"),
@@ -116,15 +116,15 @@ def _adopt(step: StepState, task: Task, now: datetime) -> StepState:
 
 
 def _succeeded(step: StepState, task: Task, now: datetime) -> tuple[StepState, tuple[EmitEvent, ...]]:
-    n = step.attempts
+    attempt = step.attempts
     result = task.result or {}
     branch = str(task.branch or result.get("branch") or naming.step_branch(step.name, step.view.uid))
     commit = task.commit or result.get("commit")
     mark = MarkStep(
         step.name,
         StepPhase.SUCCEEDED,
-        message=f"succeeded on attempt {n}",
-        attempts=n,
+        message=f"succeeded on attempt {attempt}",
+        attempts=attempt,
         task=task_ref(task),
         branch=branch,
         commit=str(commit) if commit else None,
@@ -132,40 +132,40 @@ def _succeeded(step: StepState, task: Task, now: datetime) -> tuple[StepState, t
         clear=("next_attempt_at",),
         usage=usage.summarize(step.tasks),
     )
-    event = EmitEvent("Normal", Reason.STEP_SUCCEEDED, f"step {step.name!r} succeeded (attempt {n})")
+    event = EmitEvent("Normal", Reason.STEP_SUCCEEDED, f"step {step.name!r} succeeded (attempt {attempt})")
     return replace(step, phase=StepPhase.SUCCEEDED, branch=branch, mark=mark), (event,)
 
 
 def _failed(facts: Facts, step: StepState, task: Task | None) -> tuple[StepState, tuple[EmitEvent, ...]]:
     """The attempt failed, was lost or cancelled (or its row is missing): retry after backoff
     while attempts remain and no person cancelled it, else the step fails."""
-    n, name = step.attempts, step.name
+    attempt, name = step.attempts, step.name
     retries = facts.spec.execution.retries
     why = failure_text(task) if task is not None else "its task record is missing"
     finished = (task.finished_at if task is not None else None) or facts.now
     ref = task_ref(task) if task is not None else None
     spent = usage.summarize(step.tasks)
-    if (task is None or not user_cancelled(task)) and n < 1 + retries:
-        at = finished + backoff(max(n, 1), facts.config)
-        message = f"attempt {n} failed: {why}; retry {n} of {retries} at {iso(at)}"
+    if (task is None or not user_cancelled(task)) and attempt < 1 + retries:
+        at = finished + backoff(max(attempt, 1), facts.config)
+        message = f"attempt {attempt} failed: {why}; retry {attempt} of {retries} at {iso(at)}"
         mark = MarkStep(
             name,
             StepPhase.READY,
             message=message,
-            attempts=n,
+            attempts=attempt,
             task=ref,
             next_attempt_at=at,
             finished_at=finished,
             usage=spent,
         )
-        event = EmitEvent("Warning", Reason.RETRYING, f"step {name!r} attempt {n} failed: {why}; retrying")
+        event = EmitEvent("Warning", Reason.RETRYING, f"step {name!r} attempt {attempt} failed: {why}; retrying")
         return replace(step, phase=StepPhase.READY, next_attempt_at=at, mark=mark), (event,)
-    message = f"failed after {n} attempt{'s' if n != 1 else ''}: {why}"
+    message = f"failed after {attempt} attempt{'s' if attempt != 1 else ''}: {why}"
     mark = MarkStep(
         name,
         StepPhase.FAILED,
         message=message,
-        attempts=n,
+        attempts=attempt,
         task=ref,
         finished_at=finished,
         clear=("next_attempt_at",),
