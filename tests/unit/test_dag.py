@@ -1,112 +1,15 @@
-"""makima.core.dag: validation, readiness, skip propagation, order and counts."""
+"""makima.core.dag: readiness, skip propagation, topological order."""
 
 from __future__ import annotations
-
-import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from makima.core import dag
-from makima.core.dag import Limits, Node
+from makima.core.dag import Node
 from makima.core.models import StepPhase
-from makima.core.protocol import StepSubmission
 
 P = StepPhase
-
-
-def sub(name: str, deps: list[str] | None = None, order: int = 0) -> StepSubmission:
-    return StepSubmission(name=name, title=name.title(), dependsOn=deps or [], orderIndex=order)
-
-
-def msgs(problems: list) -> list[str]:
-    return [p.message for p in problems]
-
-
-# ---- validation -----------------------------------------------------------------------------
-
-
-def test_valid_diamond_has_no_problems() -> None:
-    batch = [sub("a"), sub("b", ["a"]), sub("c", ["a"]), sub("d", ["b", "c"])]
-    assert dag.validate_submission([], batch) == []
-
-
-def test_cycle_is_reported_with_its_path() -> None:
-    batch = [sub("a", ["c"]), sub("b", ["a"]), sub("c", ["b"])]
-    problems = dag.validate_submission([], batch)
-    assert msgs(problems) == ["dependency cycle: a -> c -> b -> a"]
-    assert problems[0].step == "a"
-    assert problems[0].field == "dependsOn"
-
-
-def test_two_node_cycle_and_self_dependency() -> None:
-    problems = dag.validate_submission([], [sub("x", ["y"]), sub("y", ["x"]), sub("z", ["z"])])
-    assert "dependency cycle: x -> y -> x" in msgs(problems)
-    assert "step 'z' depends on itself" in msgs(problems)
-    assert {p.step for p in problems} == {"x", "z"}
-
-
-def test_unknown_dependency_names_the_step_and_the_dependency() -> None:
-    problems = dag.validate_submission([Node("old")], [sub("a", ["old"]), sub("b", ["nope"])])
-    assert len(problems) == 1
-    assert problems[0].step == "b"
-    assert "'b' depends on unknown step 'nope'" in problems[0].message
-
-
-def test_duplicate_names_in_batch_and_against_existing() -> None:
-    problems = dag.validate_submission([Node("a", generation=1)], [sub("a"), sub("b"), sub("b")])
-    assert [p.step for p in problems] == ["a", "b"]
-    assert "step 'a' already exists (generation 1)" in problems[0].message
-    assert "step name 'b' is used twice in this batch (positions 1 and 2)" in problems[1].message
-
-
-def test_negative_order_index_is_rejected_naming_the_step() -> None:
-    bad = StepSubmission.model_construct(name="late", title="Late", depends_on=[], order_index=-1)
-    problems = dag.validate_submission([], [bad])
-    assert msgs(problems) == ["step 'late': orderIndex must be >= 0, got -1"]
-    assert problems[0].step == "late"
-    assert problems[0].field == "orderIndex"
-
-
-def test_parse_submission_reports_field_errors_per_step() -> None:
-    steps, problems = dag.parse_submission(
-        [
-            {"name": "ok", "title": "Ok"},
-            {"name": "neg", "title": "Neg", "orderIndex": -3},
-            {"title": "Nameless"},
-        ]
-    )
-    assert [s.name for s in steps] == ["ok"]
-    assert [p.step for p in problems] == ["neg", None]
-    assert problems[0].message.startswith("step 'neg': orderIndex:")
-    assert problems[0].field == "orderIndex"
-    assert problems[1].message.startswith("step #2: name:")
-    assert dag.parse_submission({"steps": []})[1][0].message.startswith("steps must be a JSON array")
-
-
-def test_sizes_are_bounded() -> None:
-    existing = [Node(f"s{i}") for i in range(3)]
-    problems = dag.validate_submission(existing, [sub("a"), sub("b")], Limits(max_steps=4))
-    assert msgs(problems) == ["too many steps: 3 existing + 2 submitted = 5, the limit per directive is 4"]
-    many = [f"d{i}" for i in range(3)]
-    problems = dag.validate_submission([Node(n) for n in many], [sub("a", many)], Limits(max_depends_on=2))
-    assert msgs(problems) == ["step 'a' has 3 dependencies, the limit is 2"]
-
-
-def test_empty_batch_is_a_problem() -> None:
-    assert msgs(dag.validate_submission([], [])) == ["no steps submitted: a plan needs at least one step"]
-
-
-def test_dependency_on_a_later_phase_would_deadlock() -> None:
-    problems = dag.validate_submission([], [sub("a", ["b"], order=0), sub("b", order=1)])
-    assert len(problems) == 1
-    assert problems[0].step == "a"
-    assert "can never start" in problems[0].message
-
-
-def test_duplicate_dependency_entry() -> None:
-    problems = dag.validate_submission([], [sub("a"), sub("b", ["a", "a"])])
-    assert msgs(problems) == ["step 'b' lists dependency 'a' twice"]
 
 
 # ---- readiness --------------------------------------------------------------------------------
@@ -158,18 +61,6 @@ def test_topological_order_is_stable() -> None:
     assert dag.topological_order(list(reversed(nodes))) == ["a", "z", "b", "c", "d"]
 
 
-def test_progress_counts() -> None:
-    p = dag.progress([P.SUCCEEDED, P.SUCCEEDED, P.SUCCEEDED, P.RUNNING, P.PENDING, P.FAILED, P.SKIPPED])
-    assert p.text == "3/7"
-    assert (p.counts.total, p.counts.running, p.counts.pending, p.counts.failed, p.counts.skipped) == (
-        7,
-        1,
-        1,
-        1,
-        1,
-    )
-
-
 # ---- properties -------------------------------------------------------------------------------
 
 
@@ -195,9 +86,6 @@ def test_topological_order_respects_every_edge(nodes: list[Node]) -> None:
     for n in nodes:
         for d in n.depends_on:
             assert pos[d] < pos[n.name]
-    # a valid acyclic plan validates cleanly
-    batch = [sub(n.name, list(n.depends_on), n.order_index) for n in nodes]
-    assert dag.validate_submission([], batch) == []
 
 
 @settings(max_examples=500, deadline=None)
@@ -218,21 +106,3 @@ def test_ready_and_skipped_are_consistent(nodes: list[Node]) -> None:
         assert name not in skipped
     for name in skipped:
         assert index[name].phase in (P.PENDING, P.READY)
-
-
-@settings(max_examples=500, deadline=None)
-@given(dags(), st.data())
-def test_an_added_back_edge_is_reported_as_a_cycle(nodes: list[Node], data: st.DataObject) -> None:
-    chains = [n for n in nodes if n.depends_on]
-    if not chains:
-        return
-    child = data.draw(st.sampled_from(sorted(chains, key=lambda n: n.name)))
-    parent = child.depends_on[0]
-    batch = [sub(n.name, [*n.depends_on, child.name] if n.name == parent else list(n.depends_on), 0) for n in nodes]
-    problems = dag.validate_submission([], batch)
-    cycles = [p for p in problems if p.message.startswith("dependency cycle: ")]
-    assert cycles
-    path = cycles[0].message.removeprefix("dependency cycle: ").split(" -> ")
-    assert path[0] == path[-1]
-    edges = {(n.name, d) for n in batch for d in n.depends_on}
-    assert all((a, b) in edges for a, b in itertools.pairwise(path))

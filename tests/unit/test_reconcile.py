@@ -29,6 +29,7 @@ from makima.core.reconcile import (
     choose_route,
     decide,
 )
+from makima.core.reconcile.status import progress_text, step_counts
 from makima.core.tasks import Task, TaskKind, TaskState
 from tests.unit.sim import T0, World, directive, step, subs_wire, task
 
@@ -459,6 +460,12 @@ def test_failed_step_fails_directive_once_nothing_runs() -> None:
     (st,) = of(decide(snap, T0, CFG), SetDirectiveStatus)
     assert st.status.phase is DirectivePhase.FAILED and "boom" in (st.status.message or "")
     assert of(decide(snap, T0, CFG), StartCompletion) == []
+
+
+def test_step_counts_and_progress_text() -> None:
+    counts = step_counts([P.SUCCEEDED, P.SUCCEEDED, P.SUCCEEDED, P.RUNNING, P.PENDING, P.FAILED, P.SKIPPED])
+    assert progress_text(counts) == "3/7"
+    assert (counts.total, counts.running, counts.pending, counts.failed, counts.skipped) == (7, 1, 1, 1, 1)
 
 
 # ---- 8. re-plan ----------------------------------------------------------------------------------------------

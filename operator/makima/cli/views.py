@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from makima.core.dag import Node, topological_order
 from makima.core.naming import LABEL_STEP
 
 PHASE_STYLES: dict[str, str] = {
@@ -267,18 +268,8 @@ _PHASE_WIDTH = len("Succeeded")
 def _in_dependency_order(members: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Steps of one orderIndex group, dependencies before dependents, ties by name."""
     by_name = {step_name(s): s for s in members}
-    remaining = dict(sorted(by_name.items()))
-    ordered: list[dict[str, Any]] = []
-    while remaining:
-        placed = {step_name(s) for s in ordered}
-        ready = [
-            n
-            for n, s in remaining.items()
-            if all(d in placed or d not in by_name for d in (_get(s, "spec", "dependsOn") or []))
-        ]
-        pick = ready[0] if ready else next(iter(remaining))  # a cycle cannot happen; never loop
-        ordered.append(remaining.pop(pick))
-    return ordered
+    nodes = [Node(name, tuple(_get(s, "spec", "dependsOn") or ())) for name, s in by_name.items()]
+    return [by_name[name] for name in topological_order(nodes)]
 
 
 def directive_tree(directive: dict[str, Any], steps: list[dict[str, Any]], now: datetime) -> RenderableType:

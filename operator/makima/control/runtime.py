@@ -96,7 +96,7 @@ async def build(
     from makima.control.executors.jobs import JobExecutor
     from makima.control.kube import Kube, load_config
     from makima.control.store import open_store
-    from makima.core import dag
+    from makima.core import dag, validation
     from makima.core.reconcile import ReconcileConfig
 
     phases.done("imported the operator's modules")
@@ -136,7 +136,7 @@ async def build(
             dag.Node(s.name, tuple(s.spec.depends_on), s.spec.order_index, s.spec.generation, s.status.phase)
             for s in existing
         ]
-        return dag.validate_submission(nodes, submitted, generation=task.generation)
+        return validation.validate_submission(nodes, submitted, generation=task.generation)
 
     async def on_task_report(task: Task) -> None:
         controller.task_reported(task)

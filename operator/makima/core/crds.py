@@ -48,41 +48,48 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
 def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     """Translate one pydantic JSON Schema node into a structural OpenAPI node."""
     node = _resolve(node, defs)
-    variants = node.get("anyOf") or node.get("oneOf")
-    if variants:
-        # Optional[X] comes as anyOf [X, null]: an absent field is how Kubernetes says "null".
-        non_null = [v for v in variants if _resolve(v, defs).get("type") != "null"]
-        if len(non_null) != 1:
-            raise ValueError(f"cannot express a union of {len(non_null)} types structurally: {node}")
-        outer = {k: v for k, v in node.items() if k not in ("anyOf", "oneOf")}
-        if outer.get("default", ...) is None:
-            outer.pop("default")
-        return _structural({**_resolve(non_null[0], defs), **outer}, defs)
-
+    if node.get("anyOf") or node.get("oneOf"):
+        return _structural(_the_type_of_optional(node, defs), defs)
     out: dict[str, Any] = {k: v for k, v in node.items() if k in _KEEP}
     if "const" in node:
         out["enum"] = [node["const"]]
     kind = node.get("type")
     if kind == "object" or "properties" in node:
-        out["type"] = "object"
-        props = node.get("properties", {})
-        if props:
-            out["properties"] = {name: _structural(sub, defs) for name, sub in props.items()}
-            if node.get("required"):
-                out["required"] = list(node["required"])
-        extra = node.get("additionalProperties")
-        if not props:
-            if isinstance(extra, dict) and extra:
-                out["additionalProperties"] = _structural(extra, defs)
-            else:
-                out["x-kubernetes-preserve-unknown-fields"] = True
+        out.update(_object(node, defs))
     elif kind == "array":
         out["items"] = _structural(node.get("items", {}), defs)
     elif kind is None:
         raise ValueError(f"schema node without a type: {node}")
-    # Pydantic omits defaults made by default_factory; an empty object lets the API server
-    # apply the nested defaults (execution.maxParallelSteps etc.) to objects written without them.
     out.pop("title", None)
+    return out
+
+
+def _the_type_of_optional(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """Optional[X] comes as anyOf [X, null]: an absent field is how Kubernetes says "null"."""
+    variants = node.get("anyOf") or node.get("oneOf") or []
+    non_null = [v for v in variants if _resolve(v, defs).get("type") != "null"]
+    if len(non_null) != 1:
+        raise ValueError(f"cannot express a union of {len(non_null)} types structurally: {node}")
+    outer = {k: v for k, v in node.items() if k not in ("anyOf", "oneOf")}
+    if outer.get("default", ...) is None:
+        outer.pop("default")
+    return {**_resolve(non_null[0], defs), **outer}
+
+
+def _object(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """An object's properties, or, without any, its value type or free-form content."""
+    out: dict[str, Any] = {"type": "object"}
+    props = node.get("properties", {})
+    if props:
+        out["properties"] = {name: _structural(sub, defs) for name, sub in props.items()}
+        if node.get("required"):
+            out["required"] = list(node["required"])
+        return out
+    extra = node.get("additionalProperties")
+    if isinstance(extra, dict) and extra:
+        out["additionalProperties"] = _structural(extra, defs)
+    else:
+        out["x-kubernetes-preserve-unknown-fields"] = True
     return out
 
 
@@ -90,6 +97,8 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     schema = _structural(raw, defs)
+    # Pydantic omits defaults made by default_factory; an empty object lets the API server
+    # apply the nested defaults (execution.maxParallelSteps etc.) to objects written without them.
     for name, field in model.model_fields.items():
         factory = field.default_factory
         alias = field.alias or name
@@ -289,6 +298,19 @@ def _constraints(node: dict[str, Any]) -> str:
     parts: list[str] = []
     if "enum" in node:
         parts.append("one of " + ", ".join(f"`{v}`" for v in node["enum"]))
+    parts += _range(node)
+    for low, high, unit in (("minLength", "maxLength", "chars"), ("minItems", "maxItems", "items")):
+        parts += _size(node.get(low), node.get(high), unit)
+    if "pattern" in node:
+        parts.append(f"pattern `{node['pattern']}`")
+    if node.get("x-kubernetes-list-type") == "map":
+        keys = ", ".join(node.get("x-kubernetes-list-map-keys", []))
+        parts.append(f"list map keyed by `{keys}`")
+    return "; ".join(parts)
+
+
+def _range(node: dict[str, Any]) -> list[str]:
+    parts: list[str] = []
     low, high = node.get("minimum"), node.get("maximum")
     if low is not None and high is not None:
         parts.append(f"{low} to {high}")
@@ -300,20 +322,17 @@ def _constraints(node: dict[str, Any]) -> str:
         parts.append(f"> {node['exclusiveMinimum']}")
     if "exclusiveMaximum" in node:
         parts.append(f"< {node['exclusiveMaximum']}")
-    for lo, hi, unit in (("minLength", "maxLength", "chars"), ("minItems", "maxItems", "items")):
-        a, b = node.get(lo), node.get(hi)
-        if a is not None and b is not None:
-            parts.append(f"{a} to {b} {unit}")
-        elif b is not None:
-            parts.append(f"at most {b} {unit}")
-        elif a is not None:
-            parts.append(f"at least {a} {unit}")
-    if "pattern" in node:
-        parts.append(f"pattern `{node['pattern']}`")
-    if node.get("x-kubernetes-list-type") == "map":
-        keys = ", ".join(node.get("x-kubernetes-list-map-keys", []))
-        parts.append(f"list map keyed by `{keys}`")
-    return "; ".join(parts)
+    return parts
+
+
+def _size(low: Any, high: Any, unit: str) -> list[str]:
+    if low is not None and high is not None:
+        return [f"{low} to {high} {unit}"]
+    if high is not None:
+        return [f"at most {high} {unit}"]
+    if low is not None:
+        return [f"at least {low} {unit}"]
+    return []
 
 
 def _default_text(node: dict[str, Any]) -> str:

@@ -1,7 +1,8 @@
-"""Pure DAG rules over directive steps: validation, readiness, skip propagation, order, counts.
+"""The graph of a directive's steps: readiness, skip propagation, topological order, cycles.
 
-Standard library and our models only. Every function takes plain data (`Node` values or
-planner submissions) and returns plain data; nothing here reads a clock or calls out.
+Standard library only. Every function takes plain data (`Node` values) and returns plain
+data; nothing here reads a clock or calls out. The checks of a planner's submission against
+this graph are in validation.py.
 
 Two kinds of ordering constrain a step:
 
@@ -15,19 +16,23 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
 
-from pydantic import ValidationError
 
-from makima.core.models import (
-    MAX_DEPENDS_ON,
-    MAX_ORDER_INDEX,
-    MAX_STEPS_PER_DIRECTIVE,
-    StepCounts,
-    StepPhase,
-    check_dns_label,
-)
-from makima.core.protocol import Problem, StepSubmission
+# Where a step stands: what the rules below decide on, and the DirectiveStep's status.phase
+# (models.py uses this enum). No docstring: the CRD schema would take it as a description.
+class StepPhase(StrEnum):
+    PENDING = "Pending"
+    READY = "Ready"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (StepPhase.SUCCEEDED, StepPhase.FAILED, StepPhase.SKIPPED)
+
 
 _BAD = (StepPhase.FAILED, StepPhase.SKIPPED)
 
@@ -43,213 +48,7 @@ class Node:
     phase: StepPhase = StepPhase.PENDING
 
 
-@dataclass(frozen=True)
-class Limits:
-    """Size bounds for a directive's plan (defaults: the CRD bounds in models.py)."""
-
-    max_steps: int = MAX_STEPS_PER_DIRECTIVE
-    max_depends_on: int = MAX_DEPENDS_ON
-    max_order_index: int = MAX_ORDER_INDEX
-
-
-@dataclass(frozen=True)
-class Progress:
-    counts: StepCounts
-    text: str  # "3/7": succeeded / total
-
-
-# ---- validation -----------------------------------------------------------------------------
-
-
-def parse_submission(raw: Any) -> tuple[list[StepSubmission], list[Problem]]:
-    """Turn a planner's JSON (a list of step objects) into submissions, or Problems.
-
-    Field errors (negative orderIndex, bad name, missing title, ...) name the step by its
-    `name` when it has one, else by its position in the batch.
-    """
-    if not isinstance(raw, list):
-        return [], [Problem(message="steps must be a JSON array of step objects", field="steps")]
-    steps: list[StepSubmission] = []
-    problems: list[Problem] = []
-    for pos, item in enumerate(raw):
-        name = item.get("name") if isinstance(item, dict) else None
-        label = f"step {name!r}" if isinstance(name, str) and name else f"step #{pos}"
-        try:
-            steps.append(StepSubmission.model_validate(item))
-        except ValidationError as exc:
-            for err in exc.errors():
-                loc = ".".join(str(x) for x in err["loc"]) or None
-                problems.append(
-                    Problem(
-                        message=f"{label}: {loc or 'value'}: {err['msg']}",
-                        field=loc,
-                        step=name if isinstance(name, str) else None,
-                    )
-                )
-    return steps, problems
-
-
-def validate_submission(
-    existing_steps: Iterable[Node],
-    new_steps: Sequence[StepSubmission],
-    limits: Limits | None = None,
-    generation: int | None = None,
-) -> list[Problem]:
-    """Check a planner's batch against the directive's existing steps; [] means valid.
-
-    Problems are reported in a stable order (by batch position, then kind) and each names
-    the culprit step. `generation` is the generation the batch will be created with (used
-    to reject an `orderIndex` that would deadlock against a dependency of the same
-    generation); None means "a new generation", i.e. existing steps are never the same one.
-    """
-    lim = limits or Limits()
-    existing = {n.name: n for n in existing_steps}
-    problems: list[Problem] = []
-
-    if not new_steps:
-        problems.append(Problem(message="no steps submitted: a plan needs at least one step", field="steps"))
-        return problems
-    total = len(existing) + len(new_steps)
-    if total > lim.max_steps:
-        problems.append(
-            Problem(
-                message=(
-                    f"too many steps: {len(existing)} existing + {len(new_steps)} submitted = {total}, "
-                    f"the limit per directive is {lim.max_steps}"
-                ),
-                field="steps",
-            )
-        )
-
-    first_pos: dict[str, int] = {}
-    for pos, step in enumerate(new_steps):
-        name = step.name
-        try:
-            check_dns_label(name)
-        except ValueError as exc:
-            problems.append(Problem(message=f"step #{pos}: {exc}", field="name", step=name))
-        if name in existing:
-            problems.append(
-                Problem(
-                    message=(
-                        f"step {name!r} already exists (generation {existing[name].generation}); "
-                        "choose a new name — existing steps cannot be redefined"
-                    ),
-                    field="name",
-                    step=name,
-                )
-            )
-        elif name in first_pos:
-            problems.append(
-                Problem(
-                    message=f"step name {name!r} is used twice in this batch (positions {first_pos[name]} and {pos})",
-                    field="name",
-                    step=name,
-                )
-            )
-        else:
-            first_pos[name] = pos
-        if step.order_index < 0:
-            problems.append(
-                Problem(
-                    message=f"step {name!r}: orderIndex must be >= 0, got {step.order_index}",
-                    field="orderIndex",
-                    step=name,
-                )
-            )
-        elif step.order_index > lim.max_order_index:
-            problems.append(
-                Problem(
-                    message=f"step {name!r}: orderIndex must be <= {lim.max_order_index}, got {step.order_index}",
-                    field="orderIndex",
-                    step=name,
-                )
-            )
-        if len(step.depends_on) > lim.max_depends_on:
-            problems.append(
-                Problem(
-                    message=(
-                        f"step {name!r} has {len(step.depends_on)} dependencies, the limit is {lim.max_depends_on}"
-                    ),
-                    field="dependsOn",
-                    step=name,
-                )
-            )
-
-    batch = {s.name: s for s in new_steps}
-    known = set(existing) | set(batch)
-    for step in new_steps:
-        seen: set[str] = set()
-        for dep in step.depends_on:
-            if dep == step.name:
-                problems.append(
-                    Problem(message=f"step {step.name!r} depends on itself", field="dependsOn", step=step.name)
-                )
-            elif dep not in known:
-                problems.append(
-                    Problem(
-                        message=(
-                            f"step {step.name!r} depends on unknown step {dep!r}: dependsOn must name a step "
-                            "of this batch or an existing step of the directive"
-                        ),
-                        field="dependsOn",
-                        step=step.name,
-                    )
-                )
-            elif dep in seen:
-                problems.append(
-                    Problem(
-                        message=f"step {step.name!r} lists dependency {dep!r} twice",
-                        field="dependsOn",
-                        step=step.name,
-                    )
-                )
-            else:
-                other = batch.get(dep)
-                if other is not None and other.order_index > step.order_index:
-                    problems.append(
-                        Problem(
-                            message=(
-                                f"step {step.name!r} (orderIndex {step.order_index}) depends on {dep!r} "
-                                f"(orderIndex {other.order_index}) of the same generation: a step waits for "
-                                "every lower orderIndex, so this can never start; give the dependency an "
-                                "orderIndex <= the step's"
-                            ),
-                            field="orderIndex",
-                            step=step.name,
-                        )
-                    )
-                ex = existing.get(dep)
-                if (
-                    ex is not None
-                    and generation is not None
-                    and ex.generation == generation
-                    and ex.order_index > step.order_index
-                ):
-                    problems.append(
-                        Problem(
-                            message=(
-                                f"step {step.name!r} (orderIndex {step.order_index}) depends on {dep!r} "
-                                f"(orderIndex {ex.order_index}) of the same generation: it could never start"
-                            ),
-                            field="orderIndex",
-                            step=step.name,
-                        )
-                    )
-            seen.add(dep)
-
-    graph: dict[str, tuple[str, ...]] = {n.name: n.depends_on for n in existing.values()}
-    for step in new_steps:
-        graph.setdefault(step.name, tuple(step.depends_on))
-    for cycle in find_cycles(graph):
-        problems.append(
-            Problem(
-                message=f"dependency cycle: {' -> '.join(cycle)}",
-                field="dependsOn",
-                step=cycle[0],
-            )
-        )
-    return problems
+# ---- cycles ---------------------------------------------------------------------------------
 
 
 def find_cycles(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
@@ -281,11 +80,11 @@ def find_cycles(graph: Mapping[str, Sequence[str]]) -> list[list[str]]:
                     continue
                 if color[dep] == grey:
                     start = path.index(dep)
-                    cyc = [*path[start:], dep]
-                    key = frozenset(cyc)
+                    cycle = [*path[start:], dep]
+                    key = frozenset(cycle)
                     if key not in seen_cycles:
                         seen_cycles.add(key)
-                        cycles.append(cyc)
+                        cycles.append(cycle)
                 elif color[dep] == white:
                     color[dep] = grey
                     path.append(dep)
@@ -343,34 +142,35 @@ def skip_propagation(nodes: Iterable[Node]) -> dict[str, str]:
     phase = {name: n.phase for name, n in index.items()}
     reasons: dict[str, str] = {}
     for name in topological_order(index.values()):
-        node = index[name]
         if phase[name] not in (StepPhase.PENDING, StepPhase.READY):
             continue
-        deps, earlier = _blockers(node, index)
-        reason = None
-        for dep in deps:
-            if phase[dep.name] in _BAD:
-                reason = f"dependency {dep.name!r} {_verb(phase[dep.name])}"
-                break
-        if reason is None:
-            for other in earlier:
-                if phase[other.name] in _BAD:
-                    reason = (
-                        f"step {other.name!r} (orderIndex {other.order_index} < {node.order_index}, "
-                        f"generation {node.generation}) {_verb(phase[other.name])}"
-                    )
-                    break
+        reason = _blocked_for_good(index[name], index, phase)
         if reason is not None:
             reasons[name] = reason
             phase[name] = StepPhase.SKIPPED
     return reasons
 
 
+def _blocked_for_good(node: Node, index: Mapping[str, Node], phase: Mapping[str, StepPhase]) -> str | None:
+    """Why `node` can never run, given the phases so far, or None."""
+    deps, earlier = _blockers(node, index)
+    for dep in deps:
+        if phase[dep.name] in _BAD:
+            return f"dependency {dep.name!r} {_verb(phase[dep.name])}"
+    for other in earlier:
+        if phase[other.name] in _BAD:
+            return (
+                f"step {other.name!r} (orderIndex {other.order_index} < {node.order_index}, "
+                f"generation {node.generation}) {_verb(phase[other.name])}"
+            )
+    return None
+
+
 def _verb(phase: StepPhase) -> str:
     return "failed" if phase is StepPhase.FAILED else "was skipped"
 
 
-# ---- order and counts --------------------------------------------------------------------------
+# ---- order --------------------------------------------------------------------------
 
 
 def topological_order(nodes: Iterable[Node]) -> list[str]:
@@ -406,30 +206,3 @@ def topological_order(nodes: Iterable[Node]) -> list[str]:
         )
         out.extend(n.name for n in rest)
     return out
-
-
-def count_steps(phases: Iterable[StepPhase]) -> StepCounts:
-    counts = {p: 0 for p in StepPhase}
-    total = 0
-    for p in phases:
-        counts[p] += 1
-        total += 1
-    return StepCounts(
-        total=total,
-        pending=counts[StepPhase.PENDING],
-        ready=counts[StepPhase.READY],
-        running=counts[StepPhase.RUNNING],
-        succeeded=counts[StepPhase.SUCCEEDED],
-        failed=counts[StepPhase.FAILED],
-        skipped=counts[StepPhase.SKIPPED],
-    )
-
-
-def progress_text(counts: StepCounts) -> str:
-    """ "succeeded/total", e.g. "3/7"."""
-    return f"{counts.succeeded}/{counts.total}"
-
-
-def progress(phases: Iterable[StepPhase]) -> Progress:
-    counts = count_steps(phases)
-    return Progress(counts=counts, text=progress_text(counts))

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic.alias_generators import to_camel
 
 from makima.core.agents import ProfileName
+from makima.core.dag import StepPhase as StepPhase  # the step phases belong to the DAG rules
 
 GROUP = "makima.dev"
 VERSION = "v1alpha1"
@@ -94,19 +95,6 @@ class DirectivePhase(StrEnum):
     COMPLETED = "Completed"
     PAUSED = "Paused"
     FAILED = "Failed"
-
-
-class StepPhase(StrEnum):
-    PENDING = "Pending"
-    READY = "Ready"
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    SKIPPED = "Skipped"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (StepPhase.SUCCEEDED, StepPhase.FAILED, StepPhase.SKIPPED)
 
 
 class ExecutionMode(StrEnum):

@@ -91,32 +91,45 @@ def planning_prompt(
     out.append(f"PLAN GENERATION: {generation}")
     out.append("")
     if existing:
-        out.append("THIS IS A RE-PLAN. The goal changed after earlier plans were made. These steps already")
-        out.append("exist; they are kept as they are (succeeded steps are never redone, existing steps")
-        out.append("cannot be edited or renamed). Add only the NEW steps needed to reach the goal as it")
-        out.append("reads now. New steps may depend on existing steps by name.")
-        out.append("")
-        out.append("EXISTING STEPS")
-        for s in existing:
-            deps = ", ".join(s.depends_on) if s.depends_on else "-"
-            out.append(
-                f"- {s.name} [{s.phase}] generation {s.generation}, orderIndex {s.order_index}, dependsOn: {deps}"
-            )
-            out.append(f"    id: {s.uid}")
-            out.append(f"    title: {s.title}")
-            if s.branch:
-                out.append(f"    branch: {s.branch}")
-            if s.description.strip():
-                out.append(_indent(s.description, "    | "))
-        out.append("")
-        out.append("If the existing steps already reach the goal as it reads now, add nothing: say so with")
-        out.append(f"   {NO_NEW_STEPS_COMMAND}")
-        out.append("and stop (the pull request is then updated with the new goal).")
-        out.append("")
-        out.append("A new step that builds on the result of an existing step must list it in dependsOn;")
-        out.append("otherwise it starts from the pull-request branch (if any) or the base branch, and sees")
-        out.append("only work that was already merged there.")
-        out.append("")
+        out += _replan_lines(existing)
+    out += _job_lines(base_branch)
+    return "\n".join(out) + "\n"
+
+
+def _replan_lines(existing: Sequence[PromptStep]) -> list[str]:
+    """On a re-plan: the steps that exist already, and what the planner may do about them."""
+    out: list[str] = []
+    out.append("THIS IS A RE-PLAN. The goal changed after earlier plans were made. These steps already")
+    out.append("exist; they are kept as they are (succeeded steps are never redone, existing steps")
+    out.append("cannot be edited or renamed). Add only the NEW steps needed to reach the goal as it")
+    out.append("reads now. New steps may depend on existing steps by name.")
+    out.append("")
+    out.append("EXISTING STEPS")
+    for step in existing:
+        deps = ", ".join(step.depends_on) if step.depends_on else "-"
+        where = f"generation {step.generation}, orderIndex {step.order_index}"
+        out.append(f"- {step.name} [{step.phase}] {where}, dependsOn: {deps}")
+        out.append(f"    id: {step.uid}")
+        out.append(f"    title: {step.title}")
+        if step.branch:
+            out.append(f"    branch: {step.branch}")
+        if step.description.strip():
+            out.append(_indent(step.description, "    | "))
+    out.append("")
+    out.append("If the existing steps already reach the goal as it reads now, add nothing: say so with")
+    out.append(f"   {NO_NEW_STEPS_COMMAND}")
+    out.append("and stop (the pull request is then updated with the new goal).")
+    out.append("")
+    out.append("A new step that builds on the result of an existing step must list it in dependsOn;")
+    out.append("otherwise it starts from the pull-request branch (if any) or the base branch, and sees")
+    out.append("only work that was already merged there.")
+    out.append("")
+    return out
+
+
+def _job_lines(base_branch: str) -> list[str]:
+    """What the planner does, the fields of a step, what dependsOn means, the rules."""
+    out: list[str] = []
     out.append("YOUR JOB")
     out.append("1. Explore the repository (read-only) to understand the code you will change.")
     out.append("2. Break the goal into concrete steps. Each step is done by one coding agent in its")
@@ -158,7 +171,7 @@ def planning_prompt(
     out.append("  read-only. The system runs the steps and does all git work.")
     out.append("- Prefer a few substantial steps over many tiny ones; no step for 'open a PR' or 'merge'.")
     out.append("- Your work is done when the submit command has accepted the batch.")
-    return "\n".join(out) + "\n"
+    return out
 
 
 # ---- step -----------------------------------------------------------------------------------------
@@ -194,10 +207,10 @@ def step_prompt(
     out.append("")
     out.append("YOUR WORKSPACE")
     if workspace.start_step is not None:
-        s = workspace.start_step
-        out.append(f"- It continues from the branch of step '{s.name}' ({s.title}): {s.branch}.")
-        for m in workspace.merged:
-            out.append(f"- The branch of step '{m.name}' ({m.title}) has been merged in: {m.branch}.")
+        start = workspace.start_step
+        out.append(f"- It continues from the branch of step '{start.name}' ({start.title}): {start.branch}.")
+        for merged in workspace.merged:
+            out.append(f"- The branch of step '{merged.name}' ({merged.title}) has been merged in: {merged.branch}.")
         out.append("  The work of these steps is already in your files; build on it, do not redo it.")
     elif workspace.pr_branch:
         out.append(f"- It starts from the directive's pull-request branch {workspace.pr_branch},")

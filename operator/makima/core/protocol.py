@@ -61,16 +61,16 @@ class AgentSettings(Msg):
         command: list[str] | None = None,
     ) -> AgentSettings:
         """The named profile's settings (`command` replaces the profile's own)."""
-        p = agents.get_profile(name)
+        profile = agents.get_profile(name)
         data: dict[str, Any] = {
-            "command": list(command or p.command),
-            "env": dict(p.env),
-            "profile": p.name.value,
-            "key_env": list(p.key_env),
-            "refuses_root": p.refuses_root,
-            "image_target": p.image_target,
-            "package": p.package.spec if p.package else None,
-            "usage_format": p.usage_format,
+            "command": list(command or profile.command),
+            "env": dict(profile.env),
+            "profile": profile.name.value,
+            "key_env": list(profile.key_env),
+            "refuses_root": profile.refuses_root,
+            "image_target": profile.image_target,
+            "package": profile.package.spec if profile.package else None,
+            "usage_format": profile.usage_format,
         }
         if timeout_seconds is not None:
             data["timeout_seconds"] = timeout_seconds

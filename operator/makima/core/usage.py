@@ -29,12 +29,12 @@ def summarize(tasks: Iterable[Task]) -> UsageSummary | None:
     if not records:
         return None
     costs = [u.cost_usd for u in records if u.cost_usd is not None]
-    inp = sum(u.input_tokens for u in records)
-    out = sum(u.output_tokens for u in records)
+    tokens_in = sum(u.input_tokens for u in records)
+    tokens_out = sum(u.output_tokens for u in records)
     return UsageSummary(
-        input_tokens=inp,
-        output_tokens=out,
-        total_tokens=inp + out,
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+        total_tokens=tokens_in + tokens_out,
         cost_usd=round(sum(costs), 6) if costs else None,
         tasks=len(records),
     )
