@@ -101,6 +101,7 @@ async def test_a_missing_cli_fails_at_once_naming_agent_and_command(
     result = await run_task(spec, reporter, tmp_path / "work", env=env, heartbeat_seconds=5)
     assert result.outcome == Outcome.FAILED
     assert f"agent {name}: its command '{p.binary}' is not installed" in result.message
+    assert result.retryable is False, "another attempt in the same image would fail the same way"
     assert f"--target {p.image_target}" in result.message
     assert not [e for e in reporter.of(EventType.PROGRESS) if str(e.get("message", "")).startswith("agent started")]
 
@@ -116,6 +117,7 @@ async def test_a_missing_key_fails_at_once_naming_agent_and_variable(
     result = await run_task(spec, reporter, tmp_path / "work", env=task_env(tmp_path / "bin", key=None))
     assert result.outcome == Outcome.FAILED
     assert f"agent {name}: no model key: set {p.key_env[0]}" in result.message
+    assert result.retryable is False
     assert "makima/step-s" not in {b for b in (result.branch,) if result.commit}, "nothing was pushed"
 
 

@@ -7,7 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from makima.core.models import Budget, DirectivePhase
-from makima.core.reconcile import DispatchStep, EmitEvent, ReconcileConfig, StartCompletion, decide
+from makima.core.reconcile import (
+    CreatePlanningTask,
+    DispatchStep,
+    EmitEvent,
+    ReconcileConfig,
+    StartCompletion,
+    decide,
+)
 from makima.core.tasks import TaskKind, TaskState
 from tests.unit.sim import T0, World, step
 from tests.unit.test_reconcile import planned
@@ -82,6 +89,23 @@ def test_the_third_step_waits_at_the_budget_and_resumes_when_it_is_raised() -> N
     status = world.directive.status
     assert status.phase is DirectivePhase.EXECUTING
     assert {c.type: c for c in status.conditions}["BudgetExceeded"].status.value == "False"
+
+
+def test_at_the_budget_a_changed_goal_is_not_planned_until_the_budget_is_raised() -> None:
+    """A planner spends tokens too: over the budget, the re-plan a goal edit asks for waits."""
+    world = chain_world(maxTokens=1000)
+    run(world)
+    world.finish(step_task(world, "a"), TaskState.SUCCEEDED, commit="c1", result={"usage": usage(900, 200, None)})
+    run(world)  # a's usage (1,100 tokens) reaches the budget: b is not dispatched
+    spec = world.directive.spec.model_copy(update={"goal": "Build the thing, and document it"})
+    world.directive = world.directive.model_copy(update={"spec": spec})
+    held = run(world)
+    assert not [a for a in held if isinstance(a, CreatePlanningTask | DispatchStep)], "nothing new starts"
+    assert world.directive.status.phase is DirectivePhase.PAUSED
+    raised = spec.model_copy(update={"budget": Budget(max_tokens=100_000)})
+    world.directive = world.directive.model_copy(update={"spec": raised})
+    (replan,) = [a for a in run(world) if isinstance(a, CreatePlanningTask)]
+    assert replan.generation == 2
 
 
 def test_a_token_budget_stops_the_completion_task_too() -> None:

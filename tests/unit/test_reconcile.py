@@ -353,6 +353,31 @@ def test_user_cancel_fails_without_retry() -> None:
     assert mark.phase is P.FAILED
 
 
+def test_a_failure_the_runner_says_cannot_be_retried_fails_the_step_at_once() -> None:
+    """The agent's CLI or key is missing: the next pod would fail the same way, so retries
+    (10 allowed here) are not spent on it; an ordinary failure is still retried."""
+    a = _running()
+    why = "step failed: agent codex: no model key: set OPENAI_API_KEY"
+    fail_fast = task(TaskKind.STEP, TaskState.FAILED, step=a, error=why, result={"retryable": False})
+    (mark,) = of(decide(planned([a], [fail_fast], execution={"retries": 10}), T0, CFG), MarkStep)
+    assert mark.phase is P.FAILED and "OPENAI_API_KEY" in mark.message
+    ordinary = task(TaskKind.STEP, TaskState.FAILED, step=a, error="exit 1", result={"retryable": True})
+    (mark,) = of(decide(planned([a], [ordinary], execution={"retries": 10}), T0, CFG), MarkStep)
+    assert mark.phase is P.READY
+
+
+def test_a_planning_attempt_that_cannot_be_retried_pauses_at_once() -> None:
+    world = World(directive())
+    world.apply(decide(world.snapshot(), T0, CFG))
+    (tid,) = world.tasks
+    why = "planning failed: agent claude-code: its command 'claude' is not installed"
+    world.finish(tid, TaskState.FAILED, error=why, result={"retryable": False})
+    actions = decide(world.snapshot(), T0 + timedelta(hours=1), CFG)
+    assert of(actions, CreatePlanningTask) == [], "no automatic second attempt"
+    (pause,) = of(actions, PauseDirective)
+    assert pause.reason == "PlanningFailed" and "not installed" in pause.message
+
+
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [

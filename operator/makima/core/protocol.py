@@ -159,6 +159,11 @@ class TaskResult(Msg):
     message: str = Field(default="", max_length=8192)
     pull_request_url: str | None = None
     usage: Usage | None = Field(default=None, description="What the agent runs of this task used.")
+    retryable: bool = Field(
+        default=True,
+        description="False when no other attempt can succeed (the agent's CLI or model key is missing, "
+        "or it refuses to run as root): the operator fails the step at once instead of retrying.",
+    )
 
 
 class StepSubmission(Msg):

@@ -35,6 +35,13 @@ def user_cancelled(task: Task) -> bool:
     return task.state is TaskState.CANCELLED and (task.error or "").startswith(USER_CANCELLED)
 
 
+def no_more_attempts(task: Task) -> bool:
+    """No further attempt: a person cancelled it, or its runner said another attempt cannot
+    succeed (the agent's CLI or key is missing: the same pod would fail the same way)."""
+    gave_up = task.state is TaskState.FAILED and (task.result or {}).get("retryable") is False
+    return user_cancelled(task) or gave_up
+
+
 def task_ref(task: Task) -> TaskRef:
     executor = ExecutorKind(task.executor) if task.executor in ("job", "daemon") else None
     return TaskRef(id=task.id, executor=executor, name=task.executor_ref)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 
 from makima.core.models import StepPhase
 from makima.core.reconcile.actions import EmitEvent
-from makima.core.reconcile.attempts import backoff, failure_text, iso, user_cancelled
+from makima.core.reconcile.attempts import backoff, failure_text, iso, no_more_attempts
 from makima.core.reconcile.facts import Facts, Stage
 from makima.core.reconcile.planning import Planning
 from makima.core.reconcile.reasons import Reason
@@ -70,7 +70,7 @@ def _settled(facts: Facts, state: Completion, latest: Task) -> Completion | None
     if latest.state is TaskState.SUCCEEDED:
         return replace(state, done=latest)
     why = f"completion attempt {latest.attempt} failed: {failure_text(latest)}"
-    if user_cancelled(latest) or latest.attempt >= 1 + facts.spec.execution.retries:
+    if no_more_attempts(latest) or latest.attempt >= 1 + facts.spec.execution.retries:
         return replace(state, failed_message=why)
     at = (latest.finished_at or facts.now) + backoff(latest.attempt, facts.config)
     if facts.now < at:

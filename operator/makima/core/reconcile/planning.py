@@ -15,7 +15,7 @@ from datetime import datetime
 from makima.core import validation
 from makima.core.protocol import StepSubmission
 from makima.core.reconcile.actions import CreatePlanningTask, CreateSteps, EmitEvent, PauseDirective
-from makima.core.reconcile.attempts import backoff, failure_text, iso, user_cancelled
+from makima.core.reconcile.attempts import backoff, failure_text, iso, no_more_attempts
 from makima.core.reconcile.facts import Facts, Stage, node
 from makima.core.reconcile.reasons import Reason
 from makima.core.reconcile.workspace import planning_task
@@ -37,6 +37,7 @@ class Planning:
     retry_message: str | None = None
     waiting_for_daemon: bool = False
     new_steps: tuple[StepSubmission, ...] = ()  # submitted steps being created in this call
+    held_by_budget: bool = False  # a planning task is due but the budget is reached
 
     @property
     def underway(self) -> bool:
@@ -166,7 +167,7 @@ def _failed(facts: Facts, state: Planning, latest: Task, problem: str) -> Stage[
         if facts.paused:
             return Stage(replace(state, failed_message=why))
         return _create(facts, state, state.generation, latest.attempt + 1)  # the person resumed
-    if latest.attempt < facts.config.max_planning_attempts and not user_cancelled(latest):
+    if latest.attempt < facts.config.max_planning_attempts and not no_more_attempts(latest):
         return _retry(facts, state, latest, why)
     # task_id None marks the failure as handled: resuming starts the next attempt
     state = replace(state, failed_message=why, task_id=None)
@@ -187,7 +188,10 @@ def _retry(facts: Facts, state: Planning, latest: Task, why: str) -> Stage[Plann
 def _create(
     facts: Facts, state: Planning, generation: int, attempt: int, announce: EmitEvent | None = None
 ) -> Stage[Planning]:
-    """A planning task of `generation` (and the `announce` event), or waiting for a daemon."""
+    """A planning task of `generation` (and the `announce` event), or waiting for a daemon, or
+    held at the budget (a planner spends tokens too; raising spec.budget releases it)."""
+    if facts.over_budget is not None:
+        return Stage(replace(state, held_by_budget=True))
     route = facts.route()
     if route is None:
         return Stage(replace(state, waiting_for_daemon=True))

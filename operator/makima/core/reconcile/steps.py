@@ -15,7 +15,7 @@ from datetime import datetime
 from makima.core import dag, naming, usage
 from makima.core.models import StepPhase
 from makima.core.reconcile.actions import EmitEvent, MarkStep
-from makima.core.reconcile.attempts import backoff, failure_text, iso, task_ref, user_cancelled
+from makima.core.reconcile.attempts import backoff, failure_text, iso, no_more_attempts, task_ref
 from makima.core.reconcile.facts import Facts, Stage, node
 from makima.core.reconcile.inputs import StepView
 from makima.core.reconcile.reasons import Reason
@@ -145,7 +145,7 @@ def _failed(facts: Facts, step: StepState, task: Task | None) -> tuple[StepState
     finished = (task.finished_at if task is not None else None) or facts.now
     ref = task_ref(task) if task is not None else None
     spent = usage.summarize(step.tasks)
-    if (task is None or not user_cancelled(task)) and attempt < 1 + retries:
+    if (task is None or not no_more_attempts(task)) and attempt < 1 + retries:
         at = finished + backoff(max(attempt, 1), facts.config)
         message = f"attempt {attempt} failed: {why}; retry {attempt} of {retries} at {iso(at)}"
         mark = MarkStep(

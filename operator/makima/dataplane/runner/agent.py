@@ -105,6 +105,7 @@ class AgentOutcome:
     duration: float = 0.0
     tail: list[str] = field(default_factory=list)
     usage: agents.Usage | None = None
+    retryable: bool = True  # False: the agent cannot start here at all (preflight), retrying is pointless
 
     @property
     def ok(self) -> bool:
@@ -246,7 +247,7 @@ async def run_agent(
     problem = check_agent(settings, env)
     if problem is not None:
         await reporter.event(EventType.PROGRESS, {"message": problem, "mode": mode, "agent": settings.profile})
-        return AgentOutcome(None, error=problem)
+        return AgentOutcome(None, error=problem, retryable=False)
     streamer = OutputStreamer(reporter, mode, flush_seconds=flush_seconds)
     collector = agents.UsageCollector(settings.profile, settings.usage_format)
     started = time.monotonic()

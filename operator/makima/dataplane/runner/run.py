@@ -201,7 +201,7 @@ async def _run_planning(
     ws = await prepare_workspace(plan, dest, git, reporter, resolver)
     outcome = await run_agent(spec.agent, ws.path, spec.prompt, context, reporter, base_env=env)
     if not outcome.ok:
-        return _failed(f"planning failed: {outcome.describe()}")
+        return _failed(f"planning failed: {outcome.describe()}", retryable=outcome.retryable)
     return TaskResult(outcome=Outcome.SUCCEEDED, commit=ws.start, message="planning finished")
 
 
@@ -220,7 +220,7 @@ async def _run_step(
     ws = await prepare_workspace(spec.workspace, dest, git, reporter, resolver)
     outcome = await run_agent(spec.agent, ws.path, spec.prompt, context, reporter, base_env=env)
     if not outcome.ok:
-        return _failed(f"step failed: {outcome.describe()}", branch=branch)
+        return _failed(f"step failed: {outcome.describe()}", branch=branch, retryable=outcome.retryable)
     return await finish_step(spec, ws, reporter)
 
 
