@@ -225,7 +225,7 @@ async def test_max_parallel_steps_caps_running_steps(api: Api, start_operator: O
     assert overlapping([span(t) for t in tasks]) == 2, spans
 
 
-async def test_failing_step_is_retried_then_fails_and_dependants_are_skipped(
+async def test_failing_step_is_retried_then_fails_dependants_are_skipped_and_a_retry_request_completes_it(
     api: Api, start_operator: OperatorFactory, origin: Path
 ) -> None:
     op = await start_operator()
@@ -264,6 +264,16 @@ async def test_failing_step_is_retried_then_fails_and_dependants_are_skipped(
         return wanted <= {e["reason"] for e in await api.events()}
 
     await api.eventually(posted, f"events {sorted(wanted)} posted")
+
+    # `makima retry` as an editor does it: the retry annotation; the operator moves the Failed
+    # and Skipped steps back to Pending, bad's third attempt succeeds and the directive completes.
+    await api.patch_directive("failing", {"metadata": {"annotations": {"makima.dev/retry": "r1"}}})
+    done = await api.wait_for("failing", lambda d: phase(d) == "Completed")
+    assert done["status"]["retryHandled"] == "r1"
+    steps = await api.steps("failing")
+    assert steps["bad"]["status"]["attempts"] == 3 and steps["after"]["status"]["phase"] == "Succeeded"
+    tasks = await tasks_of(op, done)
+    assert [t.attempt for t in step_tasks(tasks, "bad")] == [1, 2, 3], "one more attempt, none twice"
 
 
 async def test_pause_stops_dispatch_and_resume_completes(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from makima.control.kube import ADMIN_USER_RULES, USER_RULES
+from makima.control.kube import USER_RULES
 from makima.control.kube_calls import DAEMON_CREDENTIALS_RULES, NAMED_RULES, OPERATOR_RULES
 
 from .chart import NAMESPACE, RELEASE, of_kind, render
@@ -63,7 +63,7 @@ def _expected(*, peering: str | None, daemon_credentials: bool = False) -> Rules
 
 
 def _user_role(doc: dict[str, Any]) -> bool:
-    return doc["metadata"].get("labels", {}).get("makima.dev/role") in ("user", "user-admin")
+    return doc["metadata"].get("labels", {}).get("makima.dev/role") in ("user", "user-admin")  # the latter: gone
 
 
 def _bound_to_operator(docs: list[dict[str, Any]], binding_kind: str, role_kind: str) -> list[dict[str, Any]]:
@@ -163,17 +163,15 @@ def test_rbac_can_be_left_to_the_cluster_admin() -> None:
 def test_user_role_grants_exactly_what_the_cli_uses_and_aggregates_into_edit() -> None:
     docs = render({})
     roles = {d["metadata"]["labels"]["makima.dev/role"]: d for d in of_kind(docs, "ClusterRole") if _user_role(d)}
-    role, admin = roles["user"], roles["user-admin"]
+    role = roles["user"]
+    assert "user-admin" not in roles, "retry is a request the operator performs: no role writes step status"
     labels = role["metadata"]["labels"]
     assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
     assert labels["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
     assert _flatten(role["rules"]) == {(g, r, ()): set(v) for g, r, v in USER_RULES}
-    # Editors never write status (a forged step Succeeded); `makima retry` is for admins only.
+    # Editors never write status (a forged step Succeeded); `makima retry` sets an annotation.
     assert not [key for key in _flatten(role["rules"]) if key[1].endswith("/status")]
-    assert _flatten(admin["rules"]) == {(g, r, ()): set(v) for g, r, v in ADMIN_USER_RULES}
-    assert "rbac.authorization.k8s.io/aggregate-to-edit" not in admin["metadata"]["labels"]
-    assert admin["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
     # never bound to the operator's service account
     bindings = of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding")
-    assert all(b["roleRef"]["name"] not in (role["metadata"]["name"], admin["metadata"]["name"]) for b in bindings)
+    assert all(b["roleRef"]["name"] != role["metadata"]["name"] for b in bindings)
     assert not [d for d in of_kind(render({"rbac": {"userRoles": False}}), "ClusterRole") if _user_role(d)]

@@ -3,6 +3,7 @@ on hand-built snapshots."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -351,6 +352,44 @@ def test_user_cancel_fails_without_retry() -> None:
     t = task(TaskKind.STEP, TaskState.CANCELLED, step=a, error="cancelled by user (makima cancel)")
     (mark,) = of(decide(planned([a], [t]), T0, CFG), MarkStep)
     assert mark.phase is P.FAILED
+
+
+def _with_retry_annotation(snap: Snapshot, value: str) -> Snapshot:
+    meta = snap.directive.metadata.model_copy(update={"annotations": {"makima.dev/retry": value}})
+    return dataclasses.replace(snap, directive=snap.directive.model_copy(update={"metadata": meta}))
+
+
+def test_a_retry_request_moves_failed_and_skipped_steps_back_once() -> None:
+    """`makima retry` sets the annotation; decide() moves the steps (attempts kept) and records
+    the value in status.retryHandled, so the same request is not acted on twice."""
+    failed_at = T0 - timedelta(minutes=5)
+    steps = [
+        step("ok", phase=P.SUCCEEDED, attempts=1, branch="br-ok"),
+        step("bad", phase=P.FAILED, attempts=2, message="boom", finished_at=failed_at),
+        step("after", ["bad"], order=1, phase=P.SKIPPED, message="skipped: bad failed"),
+    ]
+    snap = _with_retry_annotation(settle(planned(steps, execution={"retries": 1})), "r1")
+    actions = decide(snap, T0, CFG)
+    dispatched = of(actions, DispatchStep)
+    assert [(d.name, d.attempt) for d in dispatched] == [("bad", 3)], "one more attempt for the failed step"
+    marks = {m.name: m for m in of(actions, MarkStep)}
+    assert marks["after"].phase is P.PENDING and "finished_at" in marks["after"].clear
+    (status,) = of(actions, SetDirectiveStatus)
+    assert status.status.retry_handled == "r1"
+    (said,) = [e for e in of(actions, EmitEvent) if e.reason == "RetryRequested"]
+    assert "2 step(s) back to Pending (bad, after)" in said.message
+    handled = snap.directive.model_copy(update={"status": status.status})
+    again = decide(dataclasses.replace(snap, directive=handled), T0, CFG)
+    assert of(again, DispatchStep) == [] and not [e for e in of(again, EmitEvent) if e.reason == "RetryRequested"]
+
+
+def test_a_retry_request_for_named_steps_leaves_the_others_failed() -> None:
+    steps = [step("x", phase=P.FAILED, attempts=1), step("y", phase=P.FAILED, attempts=1)]
+    actions = decide(_with_retry_annotation(settle(planned(steps)), "r2:y,ghost"), T0, CFG)
+    assert [d.name for d in of(actions, DispatchStep)] == ["y"]
+    assert "x" not in {m.name for m in of(actions, MarkStep)}
+    (said,) = [e for e in of(actions, EmitEvent) if e.reason == "RetryRequested"]
+    assert "no step named ghost" in said.message
 
 
 def test_a_failure_the_runner_says_cannot_be_retried_fails_the_step_at_once() -> None:

@@ -195,19 +195,26 @@ def _set_paused(name: str, paused: bool, namespace: str | None, kubeconfig: str 
         console.print(f"directive/{name} {'paused' if paused else 'resumed'}", highlight=False)
 
 
+RETRY_ACK_SECONDS = 20.0  # how long `makima retry` waits to see the operator act on the request
+
+
 def retry(
     name: Name,
     step: Annotated[
         list[str] | None, typer.Option("--step", "-s", help="Only these steps (repeat); default all.")
     ] = None,
+    wait: Annotated[
+        float, typer.Option("--wait", help="Seconds to wait for the operator to act on the request (0: do not wait).")
+    ] = RETRY_ACK_SECONDS,
     namespace: Namespace = None,
     kubeconfig: Kubeconfig = None,
 ) -> None:
-    """Move the directive's Failed and Skipped steps back to Pending.
+    """Ask the operator to move the directive's Failed and Skipped steps back to Pending.
 
-    Each keeps its attempt count (a retried step gets one more attempt) and the id of its last task
-    (so `makima logs` still shows why it failed). The operator dispatches them again once their
-    dependencies have succeeded.
+    Sets the Directive's `makima.dev/retry` annotation (what an editor may write; a step's status
+    is the operator's). Each step keeps its attempt count (a retried step gets one more attempt)
+    and the id of its last task (so `makima logs` still shows why it failed). The operator
+    dispatches them again once their dependencies have succeeded.
     """
     from makima.control.kube import RETRYABLE_STEP_PHASES
 
@@ -218,24 +225,37 @@ def retry(
         unknown = wanted - {views.step_name(x) for x in steps} - {x["metadata"]["name"] for x in steps}
         if unknown:
             fail(f"directive {name} has no step {', '.join(sorted(unknown))}")
-        chosen = [
-            x
-            for x in steps
-            if (x.get("status") or {}).get("phase") in RETRYABLE_STEP_PHASES
-            and (not wanted or views.step_name(x) in wanted or x["metadata"]["name"] in wanted)
-        ]
+        chosen = sorted(
+            (
+                x
+                for x in steps
+                if (x.get("status") or {}).get("phase") in RETRYABLE_STEP_PHASES
+                and (not wanted or views.step_name(x) in wanted or x["metadata"]["name"] in wanted)
+            ),
+            key=lambda o: (o["spec"].get("orderIndex", 0), views.step_name(o)),
+        )
         if not chosen:
             console.print(f"directive/{name}: no Failed or Skipped steps to retry", highlight=False)
             return
-        moved = 0
-        for x in sorted(chosen, key=lambda o: (o["spec"].get("orderIndex", 0), views.step_name(o))):
-            was = x["status"]["phase"]
-            if s.kube.retry_step(s.namespace, x["metadata"]["name"]) is None:
-                console.print(f"step {views.step_name(x)}: changed meanwhile, left alone", highlight=False)
-                continue
-            moved += 1
-            console.print(f"step {views.step_name(x)}: {was} -> Pending", highlight=False)
-        console.print(f"directive/{name}: {moved} step(s) back to Pending", highlight=False)
+        names = [views.step_name(x) for x in chosen]
+        request = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ") + (f":{','.join(names)}" if wanted else "")
+        if s.kube.request_retry(s.namespace, name, request) is None:
+            fail(f'directive "{name}" not found in namespace "{s.namespace}"')
+        console.print(
+            f"directive/{name}: retry requested for {len(names)} step(s): {', '.join(names)}", highlight=False
+        )
+        deadline = time.monotonic() + wait
+        while wait > 0 and time.monotonic() < deadline:
+            current = s.kube.get_directive(s.namespace, name) or {}
+            if (current.get("status") or {}).get("retryHandled") == request:
+                console.print(f"directive/{name}: the operator moved them back to Pending", highlight=False)
+                return
+            time.sleep(0.5)
+        if wait > 0:
+            console.print(
+                f"directive/{name}: the operator has not acted on it yet; it will when it next reconciles",
+                highlight=False,
+            )
 
 
 # ---- logs ----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from makima.control import metrics
+from makima.core import naming
 from makima.core.models import GROUP, VERSION
 
 log = logging.getLogger(__name__)
@@ -231,16 +232,11 @@ class Kube:
 # What a person's kubeconfig needs for the people CLI, as RBAC rules (same shape as
 # `kube_calls.OPERATOR_RULES`); `makima logs` needs none of them beyond `get`.
 USER_RULES: list[tuple[str, str, tuple[str, ...]]] = [
-    # get, describe; pause/resume patch spec.paused; `makima demo --cluster` replaces the example
+    # get, describe; pause/resume patch spec.paused; retry sets an annotation (the operator moves
+    # the steps: a step's status is the operator's record); `makima demo --cluster` replaces the example
     ("makima.dev", "directives", ("get", "list", "watch", "patch", "create", "delete")),
     ("makima.dev", "directivesteps", ("get", "list", "watch")),  # watch: `makima dashboard`
     ("", "events", ("list",)),  # describe
-]
-# `makima retry` writes a step's status (Failed/Skipped -> Pending). Status is the operator's
-# record: whoever may write it can also forge a step Succeeded, so this is for namespace admins
-# only (aggregated into `admin`, not `edit`).
-ADMIN_USER_RULES: list[tuple[str, str, tuple[str, ...]]] = [
-    ("makima.dev", "directivesteps/status", ("patch",)),
 ]
 # Cluster-scoped, so not part of the chart's aggregated user role: `makima demo --cluster`
 # checks that the CRDs are installed (cluster admins and developers have it anyway).
@@ -448,34 +444,20 @@ class UserKube:
                 return None
             raise
 
-    def retry_step(self, namespace: str, name: str, attempts: int = 3) -> dict[str, Any] | None:
-        """Move a Failed or Skipped step back to Pending; returns the new object, or None when
-        the step is (no longer) Failed/Skipped or gone.
-
-        Clears `message`, `nextAttemptAt` and `finishedAt`; keeps `attempts` (task ids derive
-        from (step uid, attempt), so attempts only go up) and `task` (its log stays readable).
-        The patch carries the resourceVersion it was decided on: if the operator wrote the
-        step in between (409), it is re-read and decided again.
-        """
-        for _ in range(attempts):
-            step = self._get(STEPS, namespace, name)
-            if step is None or (step.get("status") or {}).get("phase") not in RETRYABLE_STEP_PHASES:
+    def request_retry(self, namespace: str, name: str, value: str) -> dict[str, Any] | None:
+        """Set the Directive's retry annotation (`naming.RETRY_ANNOTATION`); the operator moves
+        the requested Failed/Skipped steps back to Pending. None when the directive is gone.
+        An editor may do this: it writes metadata, never a step's status."""
+        patch = {"metadata": {"annotations": {naming.RETRY_ANNOTATION: value}}}
+        try:
+            obj: dict[str, Any] = self._call(
+                lambda: self.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, DIRECTIVES, name, patch)
+            )
+            return obj
+        except KubeError as exc:
+            if exc.status == 404:
                 return None
-            patch = {
-                "metadata": {"resourceVersion": step["metadata"]["resourceVersion"]},
-                "status": {"phase": "Pending", "message": None, "nextAttemptAt": None, "finishedAt": None},
-            }
-            try:
-                obj: dict[str, Any] = self._call(
-                    lambda body=patch: self.custom.patch_namespaced_custom_object_status(  # type: ignore[misc]
-                        GROUP, VERSION, namespace, STEPS, name, body
-                    )
-                )
-                return obj
-            except KubeError as exc:
-                if exc.status != 409:
-                    raise
-        raise KubeError(409, f"step {name} kept changing; try again")
+            raise
 
 
 def _selectors(label_selector: str | None, field_selector: str | None) -> dict[str, str]:

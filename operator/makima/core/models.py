@@ -320,6 +320,10 @@ class DirectiveStatus(Wire):
     completed_at: datetime | None = Field(default=None, description="When the directive reached Completed.")
     message: str | None = Field(default=None, description="What is happening now, for people.")
     usage: UsageSummary | None = Field(default=None, description="Agent usage of every task of the directive.")
+    retry_handled: str | None = Field(
+        default=None,
+        description="The last makima.dev/retry annotation value the operator acted on (`makima retry`).",
+    )
 
 
 class ObjectMeta(BaseModel):

@@ -20,6 +20,9 @@ LABEL_KIND = f"{DOMAIN}/task-kind"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "makima"
 FINALIZER = f"{DOMAIN}/cancel-tasks"
+# A person's request to retry failed steps (`makima retry`): editors may set annotations on a
+# Directive, not a step's status; the operator acts on each new value once.
+RETRY_ANNOTATION = f"{DOMAIN}/retry"
 
 # Fixed namespace for UUIDv5 task ids; changing it would orphan every existing task.
 _TASK_NAMESPACE = uuid.UUID("5b0f6f0e-2f7c-4d59-9a43-6d616b696d61")

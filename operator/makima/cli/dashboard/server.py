@@ -32,6 +32,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from aiohttp import web
 
 from makima.cli.dashboard import shape
 from makima.cli.dashboard.watch import Change, Watch
-from makima.control.kube import DIRECTIVES, STEPS, KubeError, UserKube
+from makima.control.kube import DIRECTIVES, RETRYABLE_STEP_PHASES, STEPS, KubeError, UserKube
 from makima.core.naming import LABEL_DIRECTIVE, step_object_name
 from makima.dataplane.client import ApiError, EventReader
 
@@ -83,11 +84,7 @@ def kube_message(exc: KubeError, verb: str, what: str, namespace: str) -> str:
     """A refusal or failure from the Kubernetes API, in words a person can act on."""
     act = " ".join(x for x in (verb, what) if x)
     if exc.status in (401, 403):
-        role = (
-            "the makima user-admin role (retry writes a step's status: kube.ADMIN_USER_RULES, aggregated into admin)"
-            if "status" in what
-            else "the makima user role (kube.USER_RULES, aggregated into edit and admin)"
-        )
+        role = "the makima user role (kube.USER_RULES, aggregated into edit and admin)"
         return (
             f"Kubernetes refused to let you {act} in namespace {namespace} "
             f"(HTTP {exc.status}: {exc.reason}). Your kubeconfig's user needs {role}."
@@ -509,30 +506,29 @@ class Dashboard:
         raise _fail(400, f"unknown action {action!r}: pause, resume or retry")
 
     async def _retry(self, namespace: str, name: str, only: str | None) -> web.Response:
-        from makima.control.kube import RETRYABLE_STEP_PHASES
-
+        """Ask the operator to retry (the Directive's retry annotation): an editor may do that."""
         steps = await self._kube(lambda: self.kube.list_steps(namespace, name), "list", "steps", namespace)
-        chosen = [
-            s
-            for s in steps
-            if (s.get("status") or {}).get("phase") in RETRYABLE_STEP_PHASES
-            and (only is None or shape.step_name(s) == only)
-        ]
-        moved = []
-        for s in sorted(chosen, key=lambda o: (o["spec"].get("orderIndex", 0), shape.step_name(o))):
-            obj_name = s["metadata"]["name"]
-            done = await self._kube(
-                lambda obj_name=obj_name: self.kube.retry_step(namespace, obj_name),  # type: ignore[misc]
-                "patch",
-                f"the status of step {shape.step_name(s)}",
-                namespace,
-            )
-            if done is not None:
-                moved.append(shape.step_name(s))
+        chosen = sorted(
+            (
+                shape.step_name(s)
+                for s in steps
+                if (s.get("status") or {}).get("phase") in RETRYABLE_STEP_PHASES
+                and (only is None or shape.step_name(s) == only)
+            ),
+        )
         if not chosen:
             return web.json_response({"message": f"directive/{name}: no Failed or Skipped steps to retry"})
+        request = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ") + (f":{only}" if only else "")
+        done = await self._kube(
+            lambda: self.kube.request_retry(namespace, name, request),
+            "patch",
+            f"directive {name} (a retry request)",
+            namespace,
+        )
+        if done is None:
+            raise _fail(404, f'directive "{name}" not found in namespace "{namespace}"')
         return web.json_response(
-            {"message": f"directive/{name}: {len(moved)} step(s) back to Pending ({', '.join(moved)})", "steps": moved}
+            {"message": f"directive/{name}: retry requested for {', '.join(chosen)}", "steps": chosen}
         )
 
 

@@ -12,6 +12,7 @@ from makima.core.reconcile.expiry import expire
 from makima.core.reconcile.facts import gather
 from makima.core.reconcile.inputs import ReconcileConfig, Snapshot
 from makima.core.reconcile.planning import plan
+from makima.core.reconcile.retry import retry_requested
 from makima.core.reconcile.status import directive_status
 from makima.core.reconcile.steps import initial, marks, observe, ready, skip
 
@@ -23,7 +24,8 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
     facts = gather(snapshot, now, config or ReconcileConfig())
     expired = expire(facts)
     planning = plan(facts)
-    observed = observe(facts, initial(facts))
+    retried = retry_requested(facts, initial(facts))
+    observed = observe(facts, retried.state)
     skipped = skip(facts, observed.state)
     dispatched = dispatch(facts, ready(skipped.state), planning.state)
     steps = dispatched.state.steps
@@ -44,6 +46,6 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
         *completion.actions,
         *(() if status_first else status.actions),
     ]
-    stages = (expired, planning, observed, skipped, dispatched, completion, status)
+    stages = (expired, planning, retried, observed, skipped, dispatched, completion, status)
     events = [EmitEvent(e.type, e.reason, one_line(e.message)) for stage in stages for e in stage.events]
     return [*actions, *events]

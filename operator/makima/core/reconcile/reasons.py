@@ -37,6 +37,7 @@ class Reason:
     COMPLETION_STARTED = "CompletionStarted"
     BUDGET_EXCEEDED = "BudgetExceeded"
     WITHIN_BUDGET = "WithinBudget"
+    RETRY_REQUESTED = "RetryRequested"
 
 
 class CondType:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from makima.core import usage
+from makima.core import naming, usage
 from makima.core.models import (
     Condition,
     ConditionStatus,
@@ -73,6 +73,7 @@ def directive_status(
         started_at=_started_at(facts, planning),
         completed_at=_completed_at(current, head.phase, facts.now),
         message=head.message[:4096],
+        retry_handled=facts.directive.metadata.annotations.get(naming.RETRY_ANNOTATION) or current.retry_handled,
     )
     status = _with_budget(facts, status, completion.running)
     events = (*_budget_events(facts), *outcome_events(current, status, pr_reason))

@@ -199,7 +199,9 @@ def ready(steps: Steps) -> dict[str, StepState]:
     out = dict(steps)
     for name, step in steps.items():
         if step.phase is StepPhase.PENDING and name in free:
-            out[name] = replace(step, phase=StepPhase.READY, mark=MarkStep(name, StepPhase.READY, message="ready"))
+            clear = step.mark.clear if step.mark is not None else ()  # e.g. a retried step's old finish time
+            mark = MarkStep(name, StepPhase.READY, message="ready", clear=clear)
+            out[name] = replace(step, phase=StepPhase.READY, mark=mark)
         elif step.phase is StepPhase.READY and name not in free:
             mark = MarkStep(name, StepPhase.PENDING, message="waiting for its dependencies")
             out[name] = replace(step, phase=StepPhase.PENDING, mark=mark)
