@@ -24,6 +24,7 @@ from .chart import (
     of_kind,
     one,
     render,
+    render_files,
 )
 
 FULLNAME = f"{RELEASE}-makima"
@@ -62,6 +63,34 @@ def test_every_manifest_is_valid_kubernetes(scenario: tuple[str, list[dict[str, 
         # Namespaced objects carry an explicit namespace (cross-namespace Roles, daemon, ...).
         if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}:
             assert doc["metadata"].get("namespace"), where
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader refusing a mapping that repeats a key (PyYAML keeps the last silently;
+    Kubernetes' own decoder refuses it in strict mode)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise yaml.constructor.ConstructorError(None, None, f"repeated key(s) {repeated}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_no_manifest_repeats_a_key(name: str) -> None:
+    """Issue 15 item 7: pod templates listed app.kubernetes.io/name and /instance twice."""
+    for path, text in render_files(SCENARIOS[name]).items():
+        if not path.endswith("NOTES.txt"):
+            list(yaml.load_all(text, Loader=_UniqueKeyLoader))  # a SafeLoader subclass
+
+
+def test_pod_labels_keep_the_selector_over_extra_labels() -> None:
+    values = {"operator": {"podLabels": {"team": "a", "app.kubernetes.io/component": "mine"}}}
+    deploy = one(render(values), "Deployment", FULLNAME)
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "a"
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= labels.items()
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

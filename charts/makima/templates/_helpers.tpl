@@ -38,6 +38,15 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* Labels of one component's pods (pass dict "ctx" . "component" "operator" "extra" <podLabels>):
+     the common labels plus the component, as one map, so no key appears twice; extra labels
+     never replace these (the selector depends on them). */}}
+{{- define "makima.podLabels" -}}
+{{- $labels := include "makima.labels" .ctx | fromYaml -}}
+{{- $_ := set $labels "app.kubernetes.io/component" .component -}}
+{{- toYaml (merge $labels (.extra | default dict)) -}}
+{{- end -}}
+
 {{- define "makima.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "makima.fullname" .) .Values.serviceAccount.name -}}
