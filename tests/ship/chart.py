@@ -91,3 +91,20 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
     """name -> value (or the valueFrom dict)."""
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def secret_file(workload: dict[str, Any], path: str, container: int = 0) -> tuple[str, str]:
+    """(Secret name, key) of the Secret volume item mounted at `path` in a workload's container;
+    fails if `path` is not such a file."""
+    pod = workload["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in pod["containers"][container].get("volumeMounts", []):
+        secret = volumes.get(mount["name"], {}).get("secret")  # (volumeClaimTemplates are not here)
+        if secret is None or not path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            continue
+        relative = path[len(mount["mountPath"].rstrip("/")) + 1 :]
+        for item in secret.get("items", []):
+            if item["path"] == relative:
+                assert mount.get("readOnly") is True, mount
+                return secret["secretName"], item["key"]
+    raise AssertionError(f"{path} is not a file of a mounted Secret")

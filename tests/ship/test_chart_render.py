@@ -25,6 +25,7 @@ from .chart import (
     one,
     render,
     render_files,
+    secret_file,
 )
 
 FULLNAME = f"{RELEASE}-makima"
@@ -148,7 +149,11 @@ def test_operator_environment_matches_settings(monkeypatch: pytest.MonkeyPatch) 
     container = one(render(), "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0]
     env = env_of(container)
     assert json.loads(env["MAKIMA_NAMESPACES"]) == [NAMESPACE]  # the release namespace by default
-    assert env["MAKIMA_DATABASE_URL"] == {"secretKeyRef": {"name": "makima-database", "key": "database-url"}}
+    assert "MAKIMA_DATABASE_URL" not in env  # a file from the Secret instead (test_secrets_as_files.py)
+    assert secret_file(one(render(), "Deployment", FULLNAME), env["MAKIMA_DATABASE_URL_FILE"]) == (
+        "makima-database",
+        "database-url",
+    )
     assert env["MAKIMA_API_LISTEN"] == "0.0.0.0:8080"
     assert env["MAKIMA_API_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:8080"
     assert env["MAKIMA_AGENT_PROFILE"] == "claude-code"
@@ -158,9 +163,10 @@ def test_operator_environment_matches_settings(monkeypatch: pytest.MonkeyPatch) 
     # Every MAKIMA_* variable the chart sets is a real setting, and parses.
     fields = {f"MAKIMA_{name.upper()}" for name in OperatorSettings.model_fields}
     makima_env = {k: v for k, v in env.items() if k.startswith("MAKIMA_") and isinstance(v, str)}
-    assert set(makima_env) | {"MAKIMA_DATABASE_URL"} <= fields, set(makima_env) - fields
+    assert set(makima_env) <= fields, set(makima_env) - fields
     for key, value in makima_env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MAKIMA_DATABASE_URL_FILE")  # the Secret's mount is not here
     settings = OperatorSettings()  # parses the environment exactly as the operator does
     assert settings.namespaces == [NAMESPACE]
     assert settings.api_url.endswith(":8080")
@@ -258,7 +264,14 @@ def test_daemon_deployment_and_token_secret() -> None:
     pod = deploy["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     (container,) = pod["containers"]
-    assert container["args"] == ["daemon", "run", "--work-dir=/tmp/makima-work", "--capacity=4", "--label=gpu=yes"]
+    assert container["args"] == [
+        "daemon",
+        "run",
+        "--work-dir=/tmp/makima-work",
+        "--health-dir=/tmp/makima-health",
+        "--capacity=4",
+        "--label=gpu=yes",
+    ]
     env = env_of(container)
     assert env["MAKIMA_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["MAKIMA_API_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:8080"
@@ -269,6 +282,23 @@ def test_daemon_deployment_and_token_secret() -> None:
     assert not of_kind(docs, "Secret")
 
 
+def test_daemon_probes_check_the_files_the_daemon_keeps_fresh() -> None:
+    """Issue 15 item 6 (CKV_K8S_8/9): live while the daemon's loop runs, ready while connected;
+    tests/api/test_daemon_health.py runs these commands against a real daemon."""
+    from makima.cli.daemon import HEALTH_PROBE
+
+    container = one(render({"daemon": {"enabled": True}}), "Deployment", f"{FULLNAME}-daemon")["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    (health_dir,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--health-dir=")]
+    live, ready = container["livenessProbe"], container["readinessProbe"]
+    assert live["exec"]["command"] == ["sh", "-c", HEALTH_PROBE, f"{health_dir}/alive", "60"]
+    assert ready["exec"]["command"] == ["sh", "-c", HEALTH_PROBE, f"{health_dir}/connected", "30"]
+    assert health_dir.startswith("/tmp/")  # the writable emptyDir (the root filesystem is read-only)
+    # a stuck loop is restarted after about a minute; an absent operator never restarts the daemon
+    assert live["periodSeconds"] * live["failureThreshold"] >= 60
+
+
 def test_bundled_postgresql_feeds_the_operator_dsn() -> None:
     docs = render({"postgresql": {"bundled": {"enabled": True, "password": "s3cret"}}})
     name = f"{FULLNAME}-postgresql"
@@ -277,8 +307,9 @@ def test_bundled_postgresql_feeds_the_operator_dsn() -> None:
 
     dsn = base64.b64decode(secret["data"]["database-url"]).decode()
     assert dsn == f"postgresql://makima:s3cret@{name}.{NAMESPACE}.svc:5432/makima"
-    env = env_of(one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0])
-    assert env["MAKIMA_DATABASE_URL"] == {"secretKeyRef": {"name": name, "key": "database-url"}}
+    deploy = one(docs, "Deployment", FULLNAME)
+    env = env_of(deploy["spec"]["template"]["spec"]["containers"][0])
+    assert secret_file(deploy, env["MAKIMA_DATABASE_URL_FILE"]) == (name, "database-url")
     sts = one(docs, "StatefulSet", name)
     assert sts["spec"]["replicas"] == 1
     (claim,) = sts["spec"]["volumeClaimTemplates"]
@@ -352,8 +383,8 @@ def test_the_default_install_runs_the_chosen_agent_in_its_image(profile: str, mo
     docs = render(values)
     env = env_of(one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0])
     for key, value in env.items():
-        if key.startswith("MAKIMA_") and isinstance(value, str):
-            monkeypatch.setenv(key, value)
+        if key.startswith("MAKIMA_") and isinstance(value, str) and key != "MAKIMA_DATABASE_URL_FILE":
+            monkeypatch.setenv(key, value)  # (the file is the Secret's mount, not here)
     settings = OperatorSettings()
     directive = Directive.model_validate(
         {

@@ -47,6 +47,12 @@ app.kubernetes.io/component: {{ .component }}
 {{- toYaml (merge $labels (.extra | default dict)) -}}
 {{- end -}}
 
+{{/* The daemon's exec probe: file $0 touched less than $1 seconds ago (sh and coreutils only;
+     the same text as HEALTH_PROBE in operator/makima/cli/daemon.py, a test compares). */}}
+{{- define "makima.daemonHealthProbe" -}}
+test "$(( $(date +%s) - $(stat -c %Y "$0") ))" -lt "$1"
+{{- end -}}
+
 {{- define "makima.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "makima.fullname" .) .Values.serviceAccount.name -}}
