@@ -31,8 +31,21 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "namespaced-rbac": {"watchNamespaces": ["team-a", "team-b"]},
     "cluster-wide": {"clusterWide": True},
     "daemon-credentials": {"rbac": {"daemonRepositoryCredentials": True}},
-    "network-policy": {"networkPolicy": {"enabled": True}},
-    "network-policy-namespaced": {"watchNamespaces": ["team-a"], "networkPolicy": {"enabled": True}},
+    "network-policy-off": {"networkPolicy": {"enabled": False}},
+    "network-policy-own-hosts": {
+        "watchNamespaces": ["team-a"],
+        "daemon": {"enabled": True, "namespace": "team-a"},
+        "networkPolicy": {
+            "gitHost": {"cidrs": [{"cidr": "10.20.0.0/16"}, {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}]},
+            "dns": {"namespace": "dns", "podLabels": {"app": "coredns"}},
+            "extraEgress": [
+                {
+                    "to": [{"podSelector": {"matchLabels": {"app": "gitea"}}}],
+                    "ports": [{"protocol": "TCP", "port": 3000}],
+                }
+            ],
+        },
+    },
     "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
     "daemon": {"daemon": {"enabled": True, "namespace": "team-a"}},
     "replicas": {"replicas": 3},
@@ -44,7 +57,6 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         **BUNDLED_PG,
         "watchNamespaces": ["team-a", "team-b"],
         "replicas": 2,
-        "networkPolicy": {"enabled": True},
         "serviceMonitor": {"enabled": True},
         "daemon": {"enabled": True},
         "agent": {"image": "example.org/agent:1", "command": ["makima", "agent", "scripted"]},

@@ -14,6 +14,7 @@ import yaml
 
 from .chart import (
     AGENT_PROFILES,
+    BUNDLED_PG,
     CHART_DIR,
     KUBE_VERSION,
     NAMESPACE,
@@ -107,12 +108,15 @@ def test_default_renders_the_minimum() -> None:
     kinds = sorted(d["kind"] for d in render())
     # the operator's read-only discovery ClusterRole and binding, its Role and binding in the
     # release namespace, and the people's two (aggregated, unbound) ClusterRoles
+    # and default-deny NetworkPolicies for agent pods and the operator
     assert kinds == [
         "ClusterRole",
         "ClusterRole",
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "NetworkPolicy",
+        "NetworkPolicy",
         "Role",
         "RoleBinding",
         "Service",
@@ -222,28 +226,112 @@ def test_service_monitor_selects_the_api_service() -> None:
     assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
 
 
-def test_network_policy_confines_agent_pods() -> None:
-    docs = render({"networkPolicy": {"enabled": True}})
-    policy = one(docs, "NetworkPolicy")
-    assert policy["metadata"]["namespace"] == NAMESPACE
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a NetworkPolicy's podSelector (matchLabels, Exists/DoesNotExist) selects these labels."""
     selector = policy["spec"]["podSelector"]
-    assert selector["matchLabels"] == {"app.kubernetes.io/managed-by": "makima"}
-    assert selector["matchExpressions"] == [{"key": "makima.dev/task", "operator": "Exists"}]
-    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["spec"].get("ingress", []) == []
-    api, dns, git = policy["spec"]["egress"]
-    operator_labels = one(docs, "Deployment", FULLNAME)["spec"]["template"]["metadata"]["labels"]
-    assert api["to"][0]["podSelector"]["matchLabels"].items() <= operator_labels.items()
-    assert api["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
-    assert api["ports"] == [{"protocol": "TCP", "port": 8080}]
-    assert {p["port"] for p in dns["ports"]} == {53}
-    assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
-    block = git["to"][0]["ipBlock"]
-    assert block["cidr"] == "0.0.0.0/0" and "10.0.0.0/8" in block["except"]
-    assert {p["port"] for p in git["ports"]} == {443, 22}
-    # agent pods run in the watched namespaces: one policy in each
-    docs = render({"networkPolicy": {"enabled": True}, "watchNamespaces": ["team-a", "team-b"]})
-    assert sorted(p["metadata"]["namespace"] for p in of_kind(docs, "NetworkPolicy")) == ["team-a", "team-b"]
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] in {"Exists", "DoesNotExist"}, expr
+        if (expr["key"] in labels) != (expr["operator"] == "Exists"):
+            return False
+    return True
+
+
+def _agent_pod_labels(namespace: str) -> dict[str, str]:
+    """The labels of a task Job's pod, as the operator builds it."""
+    from makima.control.config import OperatorSettings
+    from makima.control.executors.jobs import build_job
+    from makima.control.runtime import job_defaults
+    from makima.core import naming
+    from makima.core.models import Directive
+    from makima.core.tasks import Task, TaskKind
+
+    uid = "0b0c6a2e-2f6a-4d0e-9b1e-3c3f3e1d2a10"
+    directive = Directive.model_validate(
+        {
+            "metadata": {"name": "d", "namespace": namespace, "uid": uid},
+            "spec": {"title": "t", "goal": "g", "repository": {"url": "https://git.example/r.git"}},
+        }
+    )
+    task = Task(
+        id=naming.step_task_id("5e5e", 1),
+        kind=TaskKind.STEP,
+        namespace=namespace,
+        directive_uid=uid,
+        directive_name="d",
+    )
+    owner = {"apiVersion": "makima.dev/v1alpha1", "kind": "Directive", "metadata": {"name": "d", "uid": uid}}
+    job = build_job(task, directive, owner, job_defaults(OperatorSettings()))
+    labels: dict[str, str] = job["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def _pods(docs: list[dict[str, Any]]) -> dict[str, tuple[str, dict[str, str]]]:
+    """Workload name -> (namespace, pod template labels)."""
+    return {
+        d["metadata"]["name"]: (d["metadata"]["namespace"], d["spec"]["template"]["metadata"]["labels"])
+        for d in docs
+        if d["kind"] in {"Deployment", "StatefulSet"}
+    }
+
+
+def test_network_policies_are_on_by_default_and_deny_what_is_not_needed() -> None:
+    """Issue 15 item 6: default-deny for agent pods (and the daemon, which runs agents), the
+    operator open on its API port only, the bundled PostgreSQL to the operator only."""
+    docs = render({"daemon": {"enabled": True}, **BUNDLED_PG})
+    policies = {p["metadata"]["name"]: p for p in of_kind(docs, "NetworkPolicy")}
+    assert set(policies) == {f"{FULLNAME}-{c}" for c in ("agents", "daemon", "operator", "postgresql")}
+    pods = _pods(docs)
+    agents, daemon, operator = (policies[f"{FULLNAME}-{c}"] for c in ("agents", "daemon", "operator"))
+    # Each policy selects its own pods and no other (a task Job's pod as the operator builds it).
+    assert _selects(agents, _agent_pod_labels(NAMESPACE))
+    assert _selects(daemon, pods[f"{FULLNAME}-daemon"][1]) and _selects(operator, pods[FULLNAME][1])
+    for name, (_, labels) in pods.items():
+        assert not _selects(agents, labels), name
+        assert _selects(daemon, labels) == (name == f"{FULLNAME}-daemon")
+        assert _selects(operator, labels) == (name == FULLNAME)
+    assert not _selects(operator, _agent_pod_labels(NAMESPACE)) and not _selects(daemon, _agent_pod_labels(NAMESPACE))
+    # Agents and the daemon: nothing in; out only to the operator's API, DNS and the git host.
+    for policy in (agents, daemon):
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        assert policy["spec"].get("ingress", []) == []
+        api, dns, git = policy["spec"]["egress"]
+        (peer,) = api["to"]
+        assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
+        assert _selects({"spec": {"podSelector": peer["podSelector"]}}, pods[FULLNAME][1])
+        assert api["ports"] == [{"protocol": "TCP", "port": 8080}]
+        assert {p["port"] for p in dns["ports"]} == {53}
+        assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+        block = git["to"][0]["ipBlock"]
+        assert block["cidr"] == "0.0.0.0/0" and {"10.0.0.0/8", "169.254.0.0/16"} <= set(block["except"])
+        assert {p["port"] for p in git["ports"]} == {443, 22}
+    # The operator: ingress on the API port from anywhere (tasks, daemons, Prometheus); egress open.
+    assert operator["spec"]["policyTypes"] == ["Ingress"]
+    assert operator["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    # agent pods run in the watched namespaces: one agents policy in each
+    docs = render({"watchNamespaces": ["team-a", "team-b"]})
+    agent_policies = [p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-agents")]
+    assert sorted(p["metadata"]["namespace"] for p in agent_policies) == ["team-a", "team-b"]
+    # off: none of makima's own (the bundled database keeps its policy)
+    off = render({"networkPolicy": {"enabled": False}, "daemon": {"enabled": True}, **BUNDLED_PG})
+    assert [p["metadata"]["name"] for p in of_kind(off, "NetworkPolicy")] == [f"{FULLNAME}-postgresql"]
+
+
+def test_network_policy_hosts_are_configurable() -> None:
+    docs = render(SCENARIOS["network-policy-own-hosts"])
+    policies = {p["metadata"]["name"]: p for p in of_kind(docs, "NetworkPolicy")}
+    for name in (f"{FULLNAME}-agents", f"{FULLNAME}-daemon"):
+        policy = policies[name]
+        assert policy["metadata"]["namespace"] == "team-a"
+        _, dns, git, extra = policy["spec"]["egress"]
+        assert extra == SCENARIOS["network-policy-own-hosts"]["networkPolicy"]["extraEgress"][0]
+        assert dns["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "dns"}
+        assert dns["to"][0]["podSelector"]["matchLabels"] == {"app": "coredns"}
+        assert [b["ipBlock"] for b in git["to"]] == [
+            {"cidr": "10.20.0.0/16"},
+            {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]},
+        ]
 
 
 def test_agent_labels_match_the_operator_naming() -> None:
@@ -358,11 +446,12 @@ def test_bundled_postgresql_is_reachable_from_the_operator_only() -> None:
     (pg,) = of_kind(docs, "StatefulSet")
     (operator,) = of_kind(docs, "Deployment")
     assert policy["spec"]["podSelector"]["matchLabels"] == pg["spec"]["selector"]["matchLabels"]
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["egress"] == []  # the database reaches nothing
     (rule,) = policy["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": operator["spec"]["selector"]["matchLabels"]}}]
     assert rule["ports"] == [{"protocol": "TCP", "port": 5432}]
-    assert not [d for d in of_kind(render({}), "NetworkPolicy")]
+    assert not [p for p in of_kind(render({}), "NetworkPolicy") if p["metadata"]["name"].endswith("postgresql")]
 
 
 @pytest.mark.parametrize("profile", AGENT_PROFILES)

@@ -128,6 +128,53 @@ test "$(( $(date +%s) - $(stat -c %Y "$0") ))" -lt "$1"
 {{- toJson $ns -}}
 {{- end -}}
 
+{{/* Egress of agent pods and daemons: the operator API, cluster DNS, the git host (networkPolicy.gitHost). */}}
+{{- define "makima.networkPolicy.agentEgress" -}}
+{{- $np := .Values.networkPolicy -}}
+# the operator API (task reports, step submissions, the daemon's WebSocket)
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ .Release.Namespace }}
+      podSelector:
+        matchLabels:
+          {{- include "makima.selectorLabels" (dict "ctx" . "component" "operator") | nindent 10 }}
+  ports:
+    - protocol: TCP
+      port: {{ .Values.operator.apiPort }}
+# cluster DNS
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ $np.dns.namespace }}
+      podSelector:
+        matchLabels:
+          {{- toYaml ($np.dns.podLabels | default (dict "k8s-app" "kube-dns")) | nindent 10 }}
+  ports:
+    - protocol: UDP
+      port: 53
+    - protocol: TCP
+      port: 53
+# the git host (and the model's API, on the same public addresses and ports)
+- to:
+    {{- range $np.gitHost.cidrs }}
+    - ipBlock:
+        cidr: {{ .cidr }}
+        {{- with .except }}
+        except:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+    {{- end }}
+  ports:
+    {{- range $np.gitHost.ports }}
+    - protocol: TCP
+      port: {{ . }}
+    {{- end }}
+{{- with $np.extraEgress }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
 {{/* Restricted container security context shared by every container. */}}
 {{- define "makima.containerSecurityContext" -}}
 allowPrivilegeEscalation: false
