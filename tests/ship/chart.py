@@ -31,8 +31,21 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "namespaced-rbac": {"watchNamespaces": ["team-a", "team-b"]},
     "cluster-wide": {"clusterWide": True},
     "daemon-credentials": {"rbac": {"daemonRepositoryCredentials": True}},
-    "network-policy": {"networkPolicy": {"enabled": True}},
-    "network-policy-namespaced": {"watchNamespaces": ["team-a"], "networkPolicy": {"enabled": True}},
+    "network-policy-off": {"networkPolicy": {"enabled": False}},
+    "network-policy-own-hosts": {
+        "watchNamespaces": ["team-a"],
+        "daemon": {"enabled": True, "namespace": "team-a"},
+        "networkPolicy": {
+            "gitHost": {"cidrs": [{"cidr": "10.20.0.0/16"}, {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]}]},
+            "dns": {"namespace": "dns", "podLabels": {"app": "coredns"}},
+            "extraEgress": [
+                {
+                    "to": [{"podSelector": {"matchLabels": {"app": "gitea"}}}],
+                    "ports": [{"protocol": "TCP", "port": 3000}],
+                }
+            ],
+        },
+    },
     "service-monitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
     "daemon": {"daemon": {"enabled": True, "namespace": "team-a"}},
     "replicas": {"replicas": 3},
@@ -44,7 +57,6 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         **BUNDLED_PG,
         "watchNamespaces": ["team-a", "team-b"],
         "replicas": 2,
-        "networkPolicy": {"enabled": True},
         "serviceMonitor": {"enabled": True},
         "daemon": {"enabled": True},
         "agent": {"image": "example.org/agent:1", "command": ["makima", "agent", "scripted"]},
@@ -91,3 +103,20 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
 def env_of(container: dict[str, Any]) -> dict[str, Any]:
     """name -> value (or the valueFrom dict)."""
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def secret_file(workload: dict[str, Any], path: str, container: int = 0) -> tuple[str, str]:
+    """(Secret name, key) of the Secret volume item mounted at `path` in a workload's container;
+    fails if `path` is not such a file."""
+    pod = workload["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in pod["containers"][container].get("volumeMounts", []):
+        secret = volumes.get(mount["name"], {}).get("secret")  # (volumeClaimTemplates are not here)
+        if secret is None or not path.startswith(mount["mountPath"].rstrip("/") + "/"):
+            continue
+        relative = path[len(mount["mountPath"].rstrip("/")) + 1 :]
+        for item in secret.get("items", []):
+            if item["path"] == relative:
+                assert mount.get("readOnly") is True, mount
+                return secret["secretName"], item["key"]
+    raise AssertionError(f"{path} is not a file of a mounted Secret")

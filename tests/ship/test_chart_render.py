@@ -14,6 +14,7 @@ import yaml
 
 from .chart import (
     AGENT_PROFILES,
+    BUNDLED_PG,
     CHART_DIR,
     KUBE_VERSION,
     NAMESPACE,
@@ -24,6 +25,8 @@ from .chart import (
     of_kind,
     one,
     render,
+    render_files,
+    secret_file,
 )
 
 FULLNAME = f"{RELEASE}-makima"
@@ -64,6 +67,34 @@ def test_every_manifest_is_valid_kubernetes(scenario: tuple[str, list[dict[str, 
             assert doc["metadata"].get("namespace"), where
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader refusing a mapping that repeats a key (PyYAML keeps the last silently;
+    Kubernetes' own decoder refuses it in strict mode)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+        if repeated:
+            raise yaml.constructor.ConstructorError(None, None, f"repeated key(s) {repeated}", node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_no_manifest_repeats_a_key(name: str) -> None:
+    """Issue 15 item 7: pod templates listed app.kubernetes.io/name and /instance twice."""
+    for path, text in render_files(SCENARIOS[name]).items():
+        if not path.endswith("NOTES.txt"):
+            list(yaml.load_all(text, Loader=_UniqueKeyLoader))  # a SafeLoader subclass
+
+
+def test_pod_labels_keep_the_selector_over_extra_labels() -> None:
+    values = {"operator": {"podLabels": {"team": "a", "app.kubernetes.io/component": "mine"}}}
+    deploy = one(render(values), "Deployment", FULLNAME)
+    labels = deploy["spec"]["template"]["metadata"]["labels"]
+    assert labels["team"] == "a"
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_helm_lint_is_clean(name: str) -> None:
     report = helm.lint(CHART_DIR, SCENARIOS[name], strict=True, namespace=NAMESPACE, kube_version=f"v{KUBE_VERSION}.0")
@@ -77,12 +108,15 @@ def test_default_renders_the_minimum() -> None:
     kinds = sorted(d["kind"] for d in render())
     # the operator's read-only discovery ClusterRole and binding, its Role and binding in the
     # release namespace, and the people's two (aggregated, unbound) ClusterRoles
+    # and default-deny NetworkPolicies for agent pods and the operator
     assert kinds == [
         "ClusterRole",
         "ClusterRole",
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "NetworkPolicy",
+        "NetworkPolicy",
         "Role",
         "RoleBinding",
         "Service",
@@ -119,7 +153,11 @@ def test_operator_environment_matches_settings(monkeypatch: pytest.MonkeyPatch) 
     container = one(render(), "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0]
     env = env_of(container)
     assert json.loads(env["MAKIMA_NAMESPACES"]) == [NAMESPACE]  # the release namespace by default
-    assert env["MAKIMA_DATABASE_URL"] == {"secretKeyRef": {"name": "makima-database", "key": "database-url"}}
+    assert "MAKIMA_DATABASE_URL" not in env  # a file from the Secret instead (test_secrets_as_files.py)
+    assert secret_file(one(render(), "Deployment", FULLNAME), env["MAKIMA_DATABASE_URL_FILE"]) == (
+        "makima-database",
+        "database-url",
+    )
     assert env["MAKIMA_API_LISTEN"] == "0.0.0.0:8080"
     assert env["MAKIMA_API_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:8080"
     assert env["MAKIMA_AGENT_PROFILE"] == "claude-code"
@@ -129,9 +167,10 @@ def test_operator_environment_matches_settings(monkeypatch: pytest.MonkeyPatch) 
     # Every MAKIMA_* variable the chart sets is a real setting, and parses.
     fields = {f"MAKIMA_{name.upper()}" for name in OperatorSettings.model_fields}
     makima_env = {k: v for k, v in env.items() if k.startswith("MAKIMA_") and isinstance(v, str)}
-    assert set(makima_env) | {"MAKIMA_DATABASE_URL"} <= fields, set(makima_env) - fields
+    assert set(makima_env) <= fields, set(makima_env) - fields
     for key, value in makima_env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv("MAKIMA_DATABASE_URL_FILE")  # the Secret's mount is not here
     settings = OperatorSettings()  # parses the environment exactly as the operator does
     assert settings.namespaces == [NAMESPACE]
     assert settings.api_url.endswith(":8080")
@@ -187,28 +226,112 @@ def test_service_monitor_selects_the_api_service() -> None:
     assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout"}
 
 
-def test_network_policy_confines_agent_pods() -> None:
-    docs = render({"networkPolicy": {"enabled": True}})
-    policy = one(docs, "NetworkPolicy")
-    assert policy["metadata"]["namespace"] == NAMESPACE
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a NetworkPolicy's podSelector (matchLabels, Exists/DoesNotExist) selects these labels."""
     selector = policy["spec"]["podSelector"]
-    assert selector["matchLabels"] == {"app.kubernetes.io/managed-by": "makima"}
-    assert selector["matchExpressions"] == [{"key": "makima.dev/task", "operator": "Exists"}]
-    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
-    assert policy["spec"].get("ingress", []) == []
-    api, dns, git = policy["spec"]["egress"]
-    operator_labels = one(docs, "Deployment", FULLNAME)["spec"]["template"]["metadata"]["labels"]
-    assert api["to"][0]["podSelector"]["matchLabels"].items() <= operator_labels.items()
-    assert api["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
-    assert api["ports"] == [{"protocol": "TCP", "port": 8080}]
-    assert {p["port"] for p in dns["ports"]} == {53}
-    assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
-    block = git["to"][0]["ipBlock"]
-    assert block["cidr"] == "0.0.0.0/0" and "10.0.0.0/8" in block["except"]
-    assert {p["port"] for p in git["ports"]} == {443, 22}
-    # agent pods run in the watched namespaces: one policy in each
-    docs = render({"networkPolicy": {"enabled": True}, "watchNamespaces": ["team-a", "team-b"]})
-    assert sorted(p["metadata"]["namespace"] for p in of_kind(docs, "NetworkPolicy")) == ["team-a", "team-b"]
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] in {"Exists", "DoesNotExist"}, expr
+        if (expr["key"] in labels) != (expr["operator"] == "Exists"):
+            return False
+    return True
+
+
+def _agent_pod_labels(namespace: str) -> dict[str, str]:
+    """The labels of a task Job's pod, as the operator builds it."""
+    from makima.control.config import OperatorSettings
+    from makima.control.executors.jobs import build_job
+    from makima.control.runtime import job_defaults
+    from makima.core import naming
+    from makima.core.models import Directive
+    from makima.core.tasks import Task, TaskKind
+
+    uid = "0b0c6a2e-2f6a-4d0e-9b1e-3c3f3e1d2a10"
+    directive = Directive.model_validate(
+        {
+            "metadata": {"name": "d", "namespace": namespace, "uid": uid},
+            "spec": {"title": "t", "goal": "g", "repository": {"url": "https://git.example/r.git"}},
+        }
+    )
+    task = Task(
+        id=naming.step_task_id("5e5e", 1),
+        kind=TaskKind.STEP,
+        namespace=namespace,
+        directive_uid=uid,
+        directive_name="d",
+    )
+    owner = {"apiVersion": "makima.dev/v1alpha1", "kind": "Directive", "metadata": {"name": "d", "uid": uid}}
+    job = build_job(task, directive, owner, job_defaults(OperatorSettings()))
+    labels: dict[str, str] = job["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def _pods(docs: list[dict[str, Any]]) -> dict[str, tuple[str, dict[str, str]]]:
+    """Workload name -> (namespace, pod template labels)."""
+    return {
+        d["metadata"]["name"]: (d["metadata"]["namespace"], d["spec"]["template"]["metadata"]["labels"])
+        for d in docs
+        if d["kind"] in {"Deployment", "StatefulSet"}
+    }
+
+
+def test_network_policies_are_on_by_default_and_deny_what_is_not_needed() -> None:
+    """Issue 15 item 6: default-deny for agent pods (and the daemon, which runs agents), the
+    operator open on its API port only, the bundled PostgreSQL to the operator only."""
+    docs = render({"daemon": {"enabled": True}, **BUNDLED_PG})
+    policies = {p["metadata"]["name"]: p for p in of_kind(docs, "NetworkPolicy")}
+    assert set(policies) == {f"{FULLNAME}-{c}" for c in ("agents", "daemon", "operator", "postgresql")}
+    pods = _pods(docs)
+    agents, daemon, operator = (policies[f"{FULLNAME}-{c}"] for c in ("agents", "daemon", "operator"))
+    # Each policy selects its own pods and no other (a task Job's pod as the operator builds it).
+    assert _selects(agents, _agent_pod_labels(NAMESPACE))
+    assert _selects(daemon, pods[f"{FULLNAME}-daemon"][1]) and _selects(operator, pods[FULLNAME][1])
+    for name, (_, labels) in pods.items():
+        assert not _selects(agents, labels), name
+        assert _selects(daemon, labels) == (name == f"{FULLNAME}-daemon")
+        assert _selects(operator, labels) == (name == FULLNAME)
+    assert not _selects(operator, _agent_pod_labels(NAMESPACE)) and not _selects(daemon, _agent_pod_labels(NAMESPACE))
+    # Agents and the daemon: nothing in; out only to the operator's API, DNS and the git host.
+    for policy in (agents, daemon):
+        assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+        assert policy["spec"].get("ingress", []) == []
+        api, dns, git = policy["spec"]["egress"]
+        (peer,) = api["to"]
+        assert peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": NAMESPACE}
+        assert _selects({"spec": {"podSelector": peer["podSelector"]}}, pods[FULLNAME][1])
+        assert api["ports"] == [{"protocol": "TCP", "port": 8080}]
+        assert {p["port"] for p in dns["ports"]} == {53}
+        assert dns["to"][0]["podSelector"]["matchLabels"] == {"k8s-app": "kube-dns"}
+        block = git["to"][0]["ipBlock"]
+        assert block["cidr"] == "0.0.0.0/0" and {"10.0.0.0/8", "169.254.0.0/16"} <= set(block["except"])
+        assert {p["port"] for p in git["ports"]} == {443, 22}
+    # The operator: ingress on the API port from anywhere (tasks, daemons, Prometheus); egress open.
+    assert operator["spec"]["policyTypes"] == ["Ingress"]
+    assert operator["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8080}]}]
+    # agent pods run in the watched namespaces: one agents policy in each
+    docs = render({"watchNamespaces": ["team-a", "team-b"]})
+    agent_policies = [p for p in of_kind(docs, "NetworkPolicy") if p["metadata"]["name"].endswith("-agents")]
+    assert sorted(p["metadata"]["namespace"] for p in agent_policies) == ["team-a", "team-b"]
+    # off: none of makima's own (the bundled database keeps its policy)
+    off = render({"networkPolicy": {"enabled": False}, "daemon": {"enabled": True}, **BUNDLED_PG})
+    assert [p["metadata"]["name"] for p in of_kind(off, "NetworkPolicy")] == [f"{FULLNAME}-postgresql"]
+
+
+def test_network_policy_hosts_are_configurable() -> None:
+    docs = render(SCENARIOS["network-policy-own-hosts"])
+    policies = {p["metadata"]["name"]: p for p in of_kind(docs, "NetworkPolicy")}
+    for name in (f"{FULLNAME}-agents", f"{FULLNAME}-daemon"):
+        policy = policies[name]
+        assert policy["metadata"]["namespace"] == "team-a"
+        _, dns, git, extra = policy["spec"]["egress"]
+        assert extra == SCENARIOS["network-policy-own-hosts"]["networkPolicy"]["extraEgress"][0]
+        assert dns["to"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "dns"}
+        assert dns["to"][0]["podSelector"]["matchLabels"] == {"app": "coredns"}
+        assert [b["ipBlock"] for b in git["to"]] == [
+            {"cidr": "10.20.0.0/16"},
+            {"cidr": "0.0.0.0/0", "except": ["10.0.0.0/8"]},
+        ]
 
 
 def test_agent_labels_match_the_operator_naming() -> None:
@@ -229,7 +352,14 @@ def test_daemon_deployment_and_token_secret() -> None:
     pod = deploy["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     (container,) = pod["containers"]
-    assert container["args"] == ["daemon", "run", "--work-dir=/tmp/makima-work", "--capacity=4", "--label=gpu=yes"]
+    assert container["args"] == [
+        "daemon",
+        "run",
+        "--work-dir=/tmp/makima-work",
+        "--health-dir=/tmp/makima-health",
+        "--capacity=4",
+        "--label=gpu=yes",
+    ]
     env = env_of(container)
     assert env["MAKIMA_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["MAKIMA_API_URL"] == f"http://{FULLNAME}.{NAMESPACE}.svc:8080"
@@ -240,6 +370,23 @@ def test_daemon_deployment_and_token_secret() -> None:
     assert not of_kind(docs, "Secret")
 
 
+def test_daemon_probes_check_the_files_the_daemon_keeps_fresh() -> None:
+    """Issue 15 item 6 (CKV_K8S_8/9): live while the daemon's loop runs, ready while connected;
+    tests/api/test_daemon_health.py runs these commands against a real daemon."""
+    from makima.cli.daemon import HEALTH_PROBE
+
+    container = one(render({"daemon": {"enabled": True}}), "Deployment", f"{FULLNAME}-daemon")["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    (health_dir,) = [a.split("=", 1)[1] for a in container["args"] if a.startswith("--health-dir=")]
+    live, ready = container["livenessProbe"], container["readinessProbe"]
+    assert live["exec"]["command"] == ["sh", "-c", HEALTH_PROBE, f"{health_dir}/alive", "60"]
+    assert ready["exec"]["command"] == ["sh", "-c", HEALTH_PROBE, f"{health_dir}/connected", "30"]
+    assert health_dir.startswith("/tmp/")  # the writable emptyDir (the root filesystem is read-only)
+    # a stuck loop is restarted after about a minute; an absent operator never restarts the daemon
+    assert live["periodSeconds"] * live["failureThreshold"] >= 60
+
+
 def test_bundled_postgresql_feeds_the_operator_dsn() -> None:
     docs = render({"postgresql": {"bundled": {"enabled": True, "password": "s3cret"}}})
     name = f"{FULLNAME}-postgresql"
@@ -248,8 +395,9 @@ def test_bundled_postgresql_feeds_the_operator_dsn() -> None:
 
     dsn = base64.b64decode(secret["data"]["database-url"]).decode()
     assert dsn == f"postgresql://makima:s3cret@{name}.{NAMESPACE}.svc:5432/makima"
-    env = env_of(one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0])
-    assert env["MAKIMA_DATABASE_URL"] == {"secretKeyRef": {"name": name, "key": "database-url"}}
+    deploy = one(docs, "Deployment", FULLNAME)
+    env = env_of(deploy["spec"]["template"]["spec"]["containers"][0])
+    assert secret_file(deploy, env["MAKIMA_DATABASE_URL_FILE"]) == (name, "database-url")
     sts = one(docs, "StatefulSet", name)
     assert sts["spec"]["replicas"] == 1
     (claim,) = sts["spec"]["volumeClaimTemplates"]
@@ -298,11 +446,12 @@ def test_bundled_postgresql_is_reachable_from_the_operator_only() -> None:
     (pg,) = of_kind(docs, "StatefulSet")
     (operator,) = of_kind(docs, "Deployment")
     assert policy["spec"]["podSelector"]["matchLabels"] == pg["spec"]["selector"]["matchLabels"]
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["egress"] == []  # the database reaches nothing
     (rule,) = policy["spec"]["ingress"]
     assert rule["from"] == [{"podSelector": {"matchLabels": operator["spec"]["selector"]["matchLabels"]}}]
     assert rule["ports"] == [{"protocol": "TCP", "port": 5432}]
-    assert not [d for d in of_kind(render({}), "NetworkPolicy")]
+    assert not [p for p in of_kind(render({}), "NetworkPolicy") if p["metadata"]["name"].endswith("postgresql")]
 
 
 @pytest.mark.parametrize("profile", AGENT_PROFILES)
@@ -323,8 +472,8 @@ def test_the_default_install_runs_the_chosen_agent_in_its_image(profile: str, mo
     docs = render(values)
     env = env_of(one(docs, "Deployment", FULLNAME)["spec"]["template"]["spec"]["containers"][0])
     for key, value in env.items():
-        if key.startswith("MAKIMA_") and isinstance(value, str):
-            monkeypatch.setenv(key, value)
+        if key.startswith("MAKIMA_") and isinstance(value, str) and key != "MAKIMA_DATABASE_URL_FILE":
+            monkeypatch.setenv(key, value)  # (the file is the Secret's mount, not here)
     settings = OperatorSettings()
     directive = Directive.model_validate(
         {

@@ -38,6 +38,21 @@ app.kubernetes.io/instance: {{ .ctx.Release.Name }}
 app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 
+{{/* Labels of one component's pods (pass dict "ctx" . "component" "operator" "extra" <podLabels>):
+     the common labels plus the component, as one map, so no key appears twice; extra labels
+     never replace these (the selector depends on them). */}}
+{{- define "makima.podLabels" -}}
+{{- $labels := include "makima.labels" .ctx | fromYaml -}}
+{{- $_ := set $labels "app.kubernetes.io/component" .component -}}
+{{- toYaml (merge $labels (.extra | default dict)) -}}
+{{- end -}}
+
+{{/* The daemon's exec probe: file $0 touched less than $1 seconds ago (sh and coreutils only;
+     the same text as HEALTH_PROBE in operator/makima/cli/daemon.py, a test compares). */}}
+{{- define "makima.daemonHealthProbe" -}}
+test "$(( $(date +%s) - $(stat -c %Y "$0") ))" -lt "$1"
+{{- end -}}
+
 {{- define "makima.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "makima.fullname" .) .Values.serviceAccount.name -}}
@@ -111,6 +126,53 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "makima.networkPolicyNamespaces" -}}
 {{- $ns := .Values.networkPolicy.namespaces | default .Values.watchNamespaces | default (list .Release.Namespace) -}}
 {{- toJson $ns -}}
+{{- end -}}
+
+{{/* Egress of agent pods and daemons: the operator API, cluster DNS, the git host (networkPolicy.gitHost). */}}
+{{- define "makima.networkPolicy.agentEgress" -}}
+{{- $np := .Values.networkPolicy -}}
+# the operator API (task reports, step submissions, the daemon's WebSocket)
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ .Release.Namespace }}
+      podSelector:
+        matchLabels:
+          {{- include "makima.selectorLabels" (dict "ctx" . "component" "operator") | nindent 10 }}
+  ports:
+    - protocol: TCP
+      port: {{ .Values.operator.apiPort }}
+# cluster DNS
+- to:
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ $np.dns.namespace }}
+      podSelector:
+        matchLabels:
+          {{- toYaml ($np.dns.podLabels | default (dict "k8s-app" "kube-dns")) | nindent 10 }}
+  ports:
+    - protocol: UDP
+      port: 53
+    - protocol: TCP
+      port: 53
+# the git host (and the model's API, on the same public addresses and ports)
+- to:
+    {{- range $np.gitHost.cidrs }}
+    - ipBlock:
+        cidr: {{ .cidr }}
+        {{- with .except }}
+        except:
+          {{- toYaml . | nindent 10 }}
+        {{- end }}
+    {{- end }}
+  ports:
+    {{- range $np.gitHost.ports }}
+    - protocol: TCP
+      port: {{ . }}
+    {{- end }}
+{{- with $np.extraEgress }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{/* Restricted container security context shared by every container. */}}

@@ -1,11 +1,16 @@
-"""Operator settings from the environment (MAKIMA_*) or flags, via pydantic-settings."""
+"""Operator settings from the environment (MAKIMA_*) or flags, via pydantic-settings.
+
+The DSN may come from a file instead (`MAKIMA_DATABASE_URL_FILE`, a mounted Secret): the file
+wins over `MAKIMA_DATABASE_URL`, and a file that is missing, unreadable or empty stops the
+operator at start. Neither value is ever shown: not in errors, not in the settings' repr.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from platformdirs import user_state_dir
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from makima.core.agents import DEFAULT_PROFILE
@@ -20,7 +25,13 @@ class OperatorSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAKIMA_", extra="ignore", hide_input_in_errors=True)
 
     namespaces: list[str] = Field(default_factory=list, description="Namespaces to watch; empty = all.")
-    database_url: str | None = Field(default=None, description="PostgreSQL DSN; unset = embedded server.")
+    # Declared before database_url: its validator reads this one.
+    database_url_file: Path | None = Field(
+        default=None, description="File holding the PostgreSQL DSN (a mounted Secret); wins over database_url."
+    )
+    database_url: str | None = Field(
+        default=None, validate_default=True, repr=False, description="PostgreSQL DSN; unset = embedded server."
+    )
     postgres_dir: Path | None = Field(
         default=None, description="Embedded PostgreSQL data dir; default under state_dir."
     )
@@ -58,3 +69,24 @@ class OperatorSettings(BaseSettings):
         pattern=f"^{TOKEN_PATTERN}$",
         description="Bearer token for `makima logs` readers (optional; 8-512 of A-Z a-z 0-9 . _ ~ + / = -).",
     )
+
+    @field_validator("database_url")
+    @classmethod
+    def _dsn_from_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        path: Path | None = info.data.get("database_url_file")
+        if path is None:
+            return value
+        return read_secret_file(path, "MAKIMA_DATABASE_URL_FILE")
+
+
+def read_secret_file(path: Path, setting: str) -> str:
+    """A secret's value from its file (trailing newline dropped); a clear error naming the
+    setting and the path, never the content, when the file cannot give one."""
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        raise ValueError(f"{setting}: cannot read {path}: {reason}") from None
+    if not value:
+        raise ValueError(f"{setting}: {path} is empty")
+    return value

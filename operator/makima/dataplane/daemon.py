@@ -14,7 +14,8 @@ socket. The daemon reconnects forever with exponential backoff and full jitter, 
 lists its running tasks in the next hello so the operator lets it keep them.
 
 The daemon token never reaches a task: the agent's environment is the daemon's minus
-`MAKIMA_DAEMON_TOKEN` (and any `MAKIMA_TASK_*` of the daemon's own environment).
+`MAKIMA_DAEMON_TOKEN`, `MAKIMA_DAEMON_TOKEN_FILE` (and any `MAKIMA_TASK_*` of the daemon's
+own environment).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from makima.core.protocol import (
 log = logging.getLogger(__name__)
 
 ENV_DAEMON_TOKEN = "MAKIMA_DAEMON_TOKEN"
+ENV_DAEMON_TOKEN_FILE = "MAKIMA_DAEMON_TOKEN_FILE"  # a file holding the token instead (wins)
 # Same as makima.control.api.DAEMON_CONNECT_PATH (a test checks); not imported, so a daemon never loads the server side.
 DAEMON_CONNECT_PATH = "/v1/daemons/connect"
 _HIDDEN_ENV_PREFIXES = ("MAKIMA_TASK_",)
@@ -102,9 +104,8 @@ class DaemonConfig:
 def task_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The daemon's environment as a task may see it: no daemon token, no stray task vars."""
     env = os.environ if env is None else env
-    return {
-        k: v for k, v in env.items() if k != ENV_DAEMON_TOKEN and not any(k.startswith(p) for p in _HIDDEN_ENV_PREFIXES)
-    }
+    hidden = {ENV_DAEMON_TOKEN, ENV_DAEMON_TOKEN_FILE}
+    return {k: v for k, v in env.items() if k not in hidden and not any(k.startswith(p) for p in _HIDDEN_ENV_PREFIXES)}
 
 
 def api_runner(api_url: str, env: Mapping[str, str] | None = None) -> TaskRunner:
