@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
+from makima.cli.logs import JsonFormatter
 from makima.control.apply import bounded
 from makima.control.controller import Controller, finished_at, ttl_expiry
 from makima.control.resources import phase_of
@@ -475,3 +478,13 @@ async def test_bounded_runs_every_call_then_raises_the_first_error() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         await bounded(2, [lambda: ok(0), boom, lambda: ok(2)])
     assert sorted(done) == [0, 2]
+
+
+async def test_a_reconciles_log_lines_carry_the_directive_ids(caplog: pytest.LogCaptureFixture) -> None:
+    w = World()
+    key = w.add_directive(directive_body("a", paused=True))  # its status is to be written: one action
+    with caplog.at_level(logging.INFO, logger="makima.control.controller"):
+        assert await w.c.reconcile(key)
+    [line] = [r for r in caplog.records if r.getMessage().startswith("ns/a: ")]
+    assert json.loads(JsonFormatter().format(line))["directive"] == "a"
+    assert (line.namespace, line.directive) == (NS, "a")  # type: ignore[attr-defined]
