@@ -197,6 +197,8 @@ class World:
         step was marked Running)."""
         if crash_after is not None:
             actions = actions[:crash_after]
+        if not actions:
+            return
             last = actions[-1] if actions else None
             if isinstance(last, DispatchStep) and rng is not None and rng.random() < 0.5:
                 self.kube.crash_on_patch = last.name  # died between launching the task and marking the step Running

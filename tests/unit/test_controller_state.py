@@ -23,7 +23,7 @@ from makima.control.apply import bounded
 from makima.control.controller import Controller, finished_at, ttl_expiry
 from makima.control.resources import phase_of
 from makima.core import naming
-from makima.core.models import Directive, DirectiveStatus
+from makima.core.models import API_VERSION, Directive, DirectiveStatus
 from makima.core.protocol import StepSubmission, WorkspacePlan
 from makima.core.reconcile import CreateSteps, DispatchStep, ReconcileConfig, Route
 from makima.core.tasks import Task, TaskKind, TaskState
@@ -426,6 +426,10 @@ async def test_a_plans_steps_are_created_concurrently_within_the_bound() -> None
     await run
     assert w.kube.most_in_flight == 4
     assert len(w.c.steps_of(key)) == 10  # every created step is held as our own write
+    created = w.c.steps_of(key)[0]
+    assert created["apiVersion"] == API_VERSION and created["status"] == {"phase": "Pending", "attempts": 0}
+    [owner] = created["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("Directive", "a", "uid-a", True)
 
 
 async def test_a_wave_is_dispatched_concurrently_within_the_bound() -> None:
