@@ -290,8 +290,8 @@ def _describe(exc: BaseException) -> str:
 class EventReader:
     """Reads task event logs (`GET /v1/tasks/{id}/events`) with the operator's reader token.
 
-    For `makima dashboard`, which holds the token server-side: it never reaches a browser, a
-    log line, an exception message or a repr. Errors are `ApiError` (status 0: unreachable).
+    For `makima logs` and `makima dashboard` (which holds the token server-side): it never
+    reaches a browser, a log line, an exception message or a repr. Errors are `ApiError` (status 0: unreachable).
     """
 
     def __init__(self, api_url: str, token: str, *, timeout: float = 30.0) -> None:
