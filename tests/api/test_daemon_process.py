@@ -12,7 +12,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -223,16 +222,15 @@ def test_the_daemon_token_is_hidden_from_tasks_and_paths_agree() -> None:
     assert DAEMON_CONNECT_PATH == api_pkg.DAEMON_CONNECT_PATH
 
 
-def test_backoff_grows_with_jitter_and_is_capped() -> None:
-    import random
+def test_reconnect_waits_grow_with_full_jitter_and_are_capped() -> None:
+    from makima.dataplane.daemon import reconnect_delay
 
-    from makima.dataplane.daemon import backoff_delay
-
-    rng = random.Random(7)
-    delays: list[Any] = [backoff_delay(n, 0.5, 30.0, rng) for n in range(12)]
-    assert 0.25 <= delays[0] <= 0.5
-    assert all(15.0 <= d <= 30.0 for d in delays[8:])
-    assert len(set(delays)) == len(delays)
+    for tries in range(1, 12):
+        cap = min(30.0, 0.5 * 2 ** (tries - 1))
+        waits = [reconnect_delay(tries, 0.5, 30.0) for _ in range(200)]
+        assert all(0.0 <= w <= cap for w in waits)  # full jitter: anywhere from 0 to the cap
+        assert max(waits) > 0.75 * cap and min(waits) < 0.25 * cap  # spread over the whole range
+    assert len({reconnect_delay(3, 0.5, 30.0) for _ in range(20)}) == 20
 
 
 async def test_cancelling_a_daemon_task_ends_the_agent_and_everything_it_started(

@@ -413,9 +413,10 @@ async def test_logs_prints_output_lines_and_other_events(cluster: Cluster, store
 
     missing = cluster.run("logs", "lg", env={"MAKIMA_READER_TOKEN": ""})
     assert missing.exit_code == 1 and "set MAKIMA_READER_TOKEN" in missing.output
-    down = cluster.run("logs", "lg", env=logs_env("http://127.0.0.1:9"))
+    # the command runs its own event loop: from this test's, in a thread (as the calls above)
+    down = await asyncio.to_thread(cluster.run, "logs", "lg", env=logs_env("http://127.0.0.1:9"))
     assert down.exit_code == 1 and "cannot reach the operator API" in down.output
-    nostep = cluster.run("logs", "lg", "--step", "nope", env=logs_env("http://127.0.0.1:9"))
+    nostep = await asyncio.to_thread(cluster.run, "logs", "lg", "--step", "nope", env=logs_env("http://127.0.0.1:9"))
     assert nostep.exit_code == 1 and "has no step nope (steps: build)" in nostep.output
 
 

@@ -11,15 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from makima.control.controller import Controller, bounded, finished_at, ttl_expiry
+from makima.cli.logs import JsonFormatter
+from makima.control.apply import bounded
+from makima.control.controller import Controller, finished_at, ttl_expiry
+from makima.control.resources import phase_of
 from makima.core import naming
-from makima.core.models import Directive, DirectiveStatus
-from makima.core.protocol import StepSubmission
+from makima.core.models import API_VERSION, Directive, DirectiveStatus
+from makima.core.protocol import StepSubmission, WorkspacePlan
 from makima.core.reconcile import CreateSteps, DispatchStep, ReconcileConfig, Route
 from makima.core.tasks import Task, TaskKind, TaskState
 
@@ -36,7 +41,8 @@ class Clock:
 
 
 class FakeKube:
-    """Test double of `Kube`: objects in a dict, each write a new resourceVersion; calls counted."""
+    """Test double of the Kubernetes port (`ports.KubeGateway`): objects in a dict, each write a new
+    resourceVersion; calls counted."""
 
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -88,7 +94,8 @@ class FakeKube:
 
 
 class FakeStore:
-    """Test double of `TaskStore`: tasks per directive uid in memory; queries counted."""
+    """Test double of the task-store port (`ports.TaskRecords`): tasks per directive uid in memory;
+    queries counted."""
 
     def __init__(self) -> None:
         self.tasks: dict[str, list[Task]] = {}
@@ -141,10 +148,6 @@ class FakeDispatcher:
             executor="job",
             executor_ref=f"job-{action.name}",
         )
-
-    @staticmethod
-    def running_patch(action: DispatchStep, task: Task, now: datetime) -> dict[str, Any]:
-        return {"phase": "Running", "attempts": action.attempt, "task": {"id": task.id}}
 
 
 def directive_body(name: str, status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
@@ -220,7 +223,7 @@ def test_steps_of_reads_only_its_own_directive_and_overlays_only_its_own_writes(
         w.add_directive(directive_body(d))
         w.add_step(step_body(d, "s1", rv=10, phase="Pending"))
     newer = step_body("a", "s1", rv=20, phase="Running")
-    w.c._remember(newer)  # our own write, not yet shown by the watch
+    w.c.remember_step(newer)  # our own write, not yet shown by the watch
     w.asked.clear()
     steps_a = w.c.steps_of((NS, "a"))
     assert w.asked == [(NS, "a")]  # no other directive's steps were looked at
@@ -232,7 +235,7 @@ def test_an_own_write_is_dropped_once_the_watch_shows_it() -> None:
     w = World()
     w.add_directive(directive_body("a"))
     w.add_step(step_body("a", "s1", rv=10, phase="Pending"))
-    w.c._remember(step_body("a", "s1", rv=20, phase="Running"))
+    w.c.remember_step(step_body("a", "s1", rv=20, phase="Running"))
     assert w.c._written  # held until the watch catches up
     w.c.step_seen(step_body("a", "s1", rv=15, phase="Pending"))  # an older event: still held
     assert w.c._written
@@ -243,7 +246,7 @@ def test_an_own_write_is_dropped_once_the_watch_shows_it() -> None:
 def test_an_own_write_is_dropped_when_the_index_has_caught_up_even_without_the_event() -> None:
     w = World()
     w.add_directive(directive_body("a"))
-    w.c._remember(step_body("a", "s1", rv=20, phase="Running"))
+    w.c.remember_step(step_body("a", "s1", rv=20, phase="Running"))
     w.add_step(step_body("a", "s1", rv=21, phase="Succeeded"))
     assert [s["status"]["phase"] for s in w.c.steps_of((NS, "a"))] == ["Succeeded"]
     assert w.c._written == {}
@@ -253,10 +256,10 @@ def test_forgetting_a_directive_forgets_its_writes_and_counts() -> None:
     w = World()
     for d in ("a", "b"):
         w.add_directive(directive_body(d))
-    w.c._remember(step_body("a", "s1", rv=20, phase="Running"))
-    w.c._remember(step_body("b", "s1", rv=21, phase="Running"))
-    w.c._count_steps_of((NS, "a"), w.c.steps_of((NS, "a")))
-    w.c._count_steps_of((NS, "b"), w.c.steps_of((NS, "b")))
+    w.c.remember_step(step_body("a", "s1", rv=20, phase="Running"))
+    w.c.remember_step(step_body("b", "s1", rv=21, phase="Running"))
+    for d in ("a", "b"):
+        w.c._step_gauge.count((NS, d), (phase_of(s, "Pending") for s in w.c.steps_of((NS, d))))
     assert w.c.step_counts() == {"Running": 2}
     w.c.forget_directive((NS, "a"))
     assert set(w.c._written) == {(NS, "b")}
@@ -412,7 +415,7 @@ async def test_a_finished_directive_past_its_ttl_is_deleted_without_a_decision()
 async def test_a_plans_steps_are_created_concurrently_within_the_bound() -> None:
     w = World()
     key = w.add_directive(directive_body("a"))
-    w.c.create_concurrency = 4
+    w.c.applier.create_concurrency = 4
     w.kube.gate, w.kube.want = asyncio.Event(), 4
     subs = [StepSubmission(name=f"s{i}", title=f"s{i}") for i in range(10)]
     run = asyncio.create_task(w.c.apply(key, w.c.directives[key], [], [CreateSteps(steps=subs, generation=1)]))
@@ -423,6 +426,10 @@ async def test_a_plans_steps_are_created_concurrently_within_the_bound() -> None
     await run
     assert w.kube.most_in_flight == 4
     assert len(w.c.steps_of(key)) == 10  # every created step is held as our own write
+    created = w.c.steps_of(key)[0]
+    assert created["apiVersion"] == API_VERSION and created["status"] == {"phase": "Pending", "attempts": 0}
+    [owner] = created["metadata"]["ownerReferences"]
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("Directive", "a", "uid-a", True)
 
 
 async def test_a_wave_is_dispatched_concurrently_within_the_bound() -> None:
@@ -431,7 +438,7 @@ async def test_a_wave_is_dispatched_concurrently_within_the_bound() -> None:
     steps = [step_body("a", f"s{i}", rv=10 + i, phase="Pending") for i in range(6)]
     for s in steps:
         w.add_step(s)
-    w.c.dispatch_concurrency = 3
+    w.c.applier.dispatch_concurrency = 3
     w.dispatcher.want = 3
     directive = Directive.model_validate(w.c.directives[key])
     wave = [
@@ -441,7 +448,7 @@ async def test_a_wave_is_dispatched_concurrently_within_the_bound() -> None:
             task_id=naming.step_task_id(f"uid-a-s{i}", 1),
             attempt=1,
             prompt="p",
-            workspace=None,  # type: ignore[arg-type]
+            workspace=WorkspacePlan(repo_url="https://example.com/r.git", branch=f"makima/step-s{i}"),
             route=Route(kind="job", daemon_id=None),
             deadline_at=NOW + timedelta(hours=1),
         )
@@ -456,6 +463,7 @@ async def test_a_wave_is_dispatched_concurrently_within_the_bound() -> None:
     assert w.dispatcher.most_in_flight == 3
     assert sorted(w.dispatcher.dispatched) == [f"s{i}" for i in range(6)]
     assert {s["status"]["phase"] for s in w.c.steps_of(key)} == {"Running"}
+    assert {s["status"]["branch"] for s in w.c.steps_of(key)} == {f"makima/step-s{i}" for i in range(6)}
 
 
 async def test_bounded_runs_every_call_then_raises_the_first_error() -> None:
@@ -474,3 +482,13 @@ async def test_bounded_runs_every_call_then_raises_the_first_error() -> None:
     with pytest.raises(RuntimeError, match="boom"):
         await bounded(2, [lambda: ok(0), boom, lambda: ok(2)])
     assert sorted(done) == [0, 2]
+
+
+async def test_a_reconciles_log_lines_carry_the_directive_ids(caplog: pytest.LogCaptureFixture) -> None:
+    w = World()
+    key = w.add_directive(directive_body("a", paused=True))  # its status is to be written: one action
+    with caplog.at_level(logging.INFO, logger="makima.control.controller"):
+        assert await w.c.reconcile(key)
+    [line] = [r for r in caplog.records if r.getMessage().startswith("ns/a: ")]
+    assert json.loads(JsonFormatter().format(line))["directive"] == "a"
+    assert (line.namespace, line.directive) == (NS, "a")  # type: ignore[attr-defined]

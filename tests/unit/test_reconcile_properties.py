@@ -1,5 +1,6 @@
 """Property tests: random DAGs and random task outcomes, driven through decide() by the
-small world in sim.py (apply the actions as the shell would, then let tasks finish)."""
+small world in sim.py (the operator's own apply code carries the actions out over in-memory
+test doubles of its ports, crashing at random points; then tasks finish)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Logging set-up: plain text for people, JSON lines for log pipelines.
 
-Handlers attach directive/step/task ids through `extra=`; the JSON formatter keeps them
-as fields. Secrets never reach a log line: tokens are never passed to the logger.
+The operator's lines about a directive or a task carry its ids through `extra=`
+(`makima.control.logs`); the JSON formatter keeps them as fields. Secrets never reach a log
+line: tokens are never passed to the logger.
 """
 
 from __future__ import annotations

@@ -1,27 +1,29 @@
 """People-facing commands: `makima get`, `describe`, `logs`, `retry`, `pause`, `resume`.
 
 They use the person's kubeconfig (through `kube.UserKube`, the only Kubernetes access) and,
-for `logs`, the operator's HTTP API with the reader token. Drawing is in `views.py`.
+for `logs`, the operator's HTTP API with the reader token (`dataplane.client.EventReader`).
+Drawing is in `views.py`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console, RenderableType
 
 from makima.cli import views
+
+if TYPE_CHECKING:
+    from makima.dataplane.client import EventReader
 
 Namespace = Annotated[
     str | None,
@@ -280,31 +282,24 @@ class LogsError(Exception):
     pass
 
 
-def fetch_events(api_url: str, token: str, task_id: str, since: int, limit: int = PAGE_LIMIT) -> dict[str, Any]:
-    """One EventPage (as a dict) of `task_id` after `since`."""
-    query = urllib.parse.urlencode({"since": since, "limit": limit})
-    url = f"{api_url.rstrip('/')}/v1/tasks/{urllib.parse.quote(task_id)}/events?{query}"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"})
+async def fetch_events(reader: EventReader, task_id: str, since: int, limit: int = PAGE_LIMIT) -> dict[str, Any]:
+    """One EventPage (as a dict) of `task_id` after `since`; LogsError says what went wrong."""
+    from makima.dataplane.client import ApiError
+
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            page: dict[str, Any] = json.loads(response.read())
-            return page
-    except urllib.error.HTTPError as exc:
-        try:
-            detail = json.loads(exc.read()).get("message") or exc.reason
-        except ValueError:
-            detail = exc.reason
-        if exc.code in (401, 403):
+        return await reader.events(task_id, since, limit)
+    except ApiError as exc:
+        detail = exc.body.error
+        if exc.status in (401, 403):
             raise LogsError(
                 f"the operator API refused the reader token ({detail}); "
                 "set MAKIMA_READER_TOKEN to the token the operator was given"
             ) from None
-        if exc.code == 404:
+        if exc.status == 404:
             raise LogsError(f"task {task_id} is not known to the operator API") from None
-        raise LogsError(f"operator API: HTTP {exc.code}: {detail}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise LogsError(f"cannot reach the operator API at {api_url} ({reason}); set --api-url") from None
+        if exc.status == 0:
+            raise LogsError(f"{detail}; set --api-url") from None
+        raise LogsError(f"operator API: HTTP {exc.status}: {detail}") from None
 
 
 KIND_WIDTH = 8  # "progress"
@@ -410,23 +405,8 @@ def logs(
     which = "planning" if planning else "completion" if completion else None
     with session(kubeconfig, namespace) as s:
         target = Target(s, name, step, which)
-        task_id, finished, label = target.resolve()
-        if task_id is None and not follow:
-            fail(f"the {label} of directive {name} has not started yet")
-        position = since
         try:
-            while True:
-                if task_id is not None:
-                    position = _drain(api_url, token, task_id, position, render)
-                if not follow or finished:
-                    return
-                time.sleep(FOLLOW_INTERVAL)
-                new_id, finished, new_label = target.resolve()
-                if new_id != task_id and new_id is not None:
-                    if task_id is not None:
-                        position = _drain(api_url, token, task_id, position, render)
-                    typer.echo(f"--- {new_label} (task {new_id}) ---")
-                    task_id, position = new_id, 0
+            asyncio.run(_print_events(api_url, token, target, since, follow, render))
         except LogsError as exc:
             fail(str(exc))
         except KeyboardInterrupt:
@@ -436,12 +416,41 @@ def logs(
 logs.__doc__ = LOGS_HELP
 
 
-def _drain(
-    api_url: str, token: str, task_id: str, since: int, render: Callable[[dict[str, Any]], list[str]] = format_event
+async def _print_events(
+    api_url: str, token: str, target: Target, since: int, follow: bool, render: Callable[[dict[str, Any]], list[str]]
+) -> None:
+    """Print the target task's events after `since`; with `follow`, until the task ends, moving on
+    to each new attempt (a retry)."""
+    from makima.dataplane.client import EventReader
+
+    task_id, finished, label = await asyncio.to_thread(target.resolve)
+    if task_id is None and not follow:
+        fail(f"the {label} of directive {target.directive} has not started yet")
+    reader = EventReader(api_url, token)
+    try:
+        position = since
+        while True:
+            if task_id is not None:
+                position = await _drain(reader, task_id, position, render)
+            if not follow or finished:
+                return
+            await asyncio.sleep(FOLLOW_INTERVAL)
+            new_id, finished, new_label = await asyncio.to_thread(target.resolve)
+            if new_id != task_id and new_id is not None:
+                if task_id is not None:
+                    position = await _drain(reader, task_id, position, render)
+                typer.echo(f"--- {new_label} (task {new_id}) ---")
+                task_id, position = new_id, 0
+    finally:
+        await reader.close()
+
+
+async def _drain(
+    reader: EventReader, task_id: str, since: int, render: Callable[[dict[str, Any]], list[str]] = format_event
 ) -> int:
     """Print every event after `since`; returns the new position."""
     while True:
-        page = fetch_events(api_url, token, task_id, since)
+        page = await fetch_events(reader, task_id, since)
         events = page.get("events") or []
         for event in events:
             for line in render(event):

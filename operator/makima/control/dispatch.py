@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from makima.control import metrics
 from makima.control.executors.jobs import JobExecutor
 from makima.control.kube import KubeError
+from makima.control.logs import task_ids
+from makima.control.ports import DaemonRegistry, KubeGateway, TaskRecords
+from makima.control.resources import directive_owner
 from makima.control.store.errors import IllegalTransition, VersionConflict
 from makima.control.store.tokens import hash_token, new_token
 from makima.core import naming
@@ -57,7 +59,17 @@ def agent_settings(spec_agent: Agent, defaults: AgentDefaults, timeout_seconds: 
 
 
 class TaskDispatcher:
-    def __init__(self, store: Any, jobs: JobExecutor, hub: Any, agent: AgentDefaults, kube: Any) -> None:
+    """Starts and stops tasks: a task row in the store, then a Job or a daemon (`hub`; None
+    when the operator serves no daemons)."""
+
+    def __init__(
+        self,
+        store: TaskRecords,
+        jobs: JobExecutor,
+        hub: DaemonRegistry | None,
+        agent: AgentDefaults,
+        kube: KubeGateway,
+    ) -> None:
         self.store = store
         self.jobs = jobs
         self.hub = hub
@@ -148,7 +160,6 @@ class TaskDispatcher:
     async def _launch(
         self, directive: Directive, task: Task, spec: TaskSpec, route: Route | None, owner: dict[str, Any] | None
     ) -> Task:
-        row: Task
         row, created = await self.store.create_task(task)
         if row.state is not TaskState.PENDING:
             return row  # launched before (this is a re-applied action after a crash or a stale view)
@@ -172,66 +183,53 @@ class TaskDispatcher:
                     "is off); running it on a Job",
                     row.id,
                     directive.spec.repository.credentials_secret,
+                    extra=task_ids(row),
                 )
             else:
                 wire = spec.model_copy(update={"credentials": creds}) if creds else spec
                 if await self.hub.spawn(route.daemon_id, wire, token):
                     return await self._dispatched(row, "daemon", route.daemon_id)
-                log.info("daemon %s refused task %s; falling back to a Job", route.daemon_id, row.id)
-        job_owner = owner or self._directive_obj(directive)
+                log.info(
+                    "daemon %s refused task %s; falling back to a Job", route.daemon_id, row.id, extra=task_ids(row)
+                )
+        job_owner = owner or directive_owner(directive)
         if not created:
             # A pending row from before a crash may have a Secret with the old token: replace it.
-            await self.jobs.kube.delete_secret(row.namespace, naming.token_secret_name(row.id))
+            await self.kube.delete_secret(row.namespace, naming.token_secret_name(row.id))
         job = await self.jobs.spawn(row, token, directive, job_owner)
         return await self._dispatched(row, "job", job)
 
     async def _dispatched(self, row: Task, executor: str, ref: str) -> Task:
         metrics.TASKS_DISPATCHED.labels(kind=row.kind.value, route=executor).inc()
         try:
-            moved: Task = await self.store.transition(
+            return await self.store.transition(
                 row.id, row.version, TaskState.DISPATCHED, executor=executor, executor_ref=ref
             )
-            return moved
         except (VersionConflict, IllegalTransition):
             # The runner was faster than us and already reported; its state wins, but where
             # it runs is still ours to record (lost-daemon detection and cancel depend on it).
-            fresh: Task = await self.store.get_task(row.id)
+            fresh = await self._row(row.id)
             for _ in range(3):
                 if fresh.executor is not None:
                     break
                 try:
                     fresh = await self.store.update_fields(fresh.id, fresh.version, executor=executor, executor_ref=ref)
                 except VersionConflict:
-                    fresh = await self.store.get_task(row.id)
+                    fresh = await self._row(row.id)
             return fresh
+
+    async def _row(self, task_id: str) -> Task:
+        """A row this dispatcher inserted (rows are never deleted while their directive lives)."""
+        row = await self.store.get_task(task_id)
+        if row is None:
+            raise LookupError(f"task {task_id} vanished from the store")
+        return row
 
     async def _credentials(self, directive: Directive) -> dict[str, str] | None:
         name = directive.spec.repository.credentials_secret
         if not name:
             return None
-        data: dict[str, str] | None = await self.kube.get_secret_data(directive.metadata.namespace, name)
-        return data
-
-    @staticmethod
-    def _directive_obj(directive: Directive) -> dict[str, Any]:
-        return {
-            "apiVersion": directive.api_version,
-            "kind": "Directive",
-            "metadata": {"name": directive.metadata.name, "uid": directive.metadata.uid},
-        }
-
-    @staticmethod
-    def running_patch(action: DispatchStep, task: Task, now: datetime) -> dict[str, Any]:
-        return {
-            "phase": "Running",
-            "attempts": action.attempt,
-            "task": {"id": task.id, "executor": task.executor, "name": task.executor_ref},
-            "branch": action.workspace.branch,
-            "startedAt": now.isoformat().replace("+00:00", "Z"),
-            "finishedAt": None,
-            "nextAttemptAt": None,
-            "message": f"attempt {action.attempt} running on {task.executor or 'job'}",
-        }
+        return await self.kube.get_secret_data(directive.metadata.namespace, name)
 
     # ---- stopping ----------------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ import kopf
 
 from makima.control.controller import Controller
 from makima.control.executors.jobs import job_outcome
+from makima.control.kube import Kube
 from makima.core import naming
 from makima.core.models import GROUP, VERSION
 
@@ -28,13 +29,15 @@ DIRECTIVES = (GROUP, VERSION, "directives")
 STEPS = (GROUP, VERSION, "directivesteps")
 
 
-def register(registry: kopf.OperatorRegistry, controller: Controller, *, tick: float, fast_path: bool) -> None:
+def register(
+    registry: kopf.OperatorRegistry, controller: Controller, kube: Kube, *, tick: float, fast_path: bool
+) -> None:
     """Attach the operator's handlers to `registry` (one registry per running operator)."""
 
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
         # kopf and kube.py authenticate with the very same client configuration.
-        return connection_info(controller.kube.api.configuration)
+        return connection_info(kube.api.configuration)
 
     @kopf.index(*STEPS, id="steps_by_directive", registry=registry)
     def steps_by_directive(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:

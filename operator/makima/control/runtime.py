@@ -90,11 +90,12 @@ async def build(
 
     from makima.control import metrics
     from makima.control.api import ApiDeps, build_app
-    from makima.control.controller import Controller, step_view
+    from makima.control.controller import Controller
     from makima.control.dispatch import TaskDispatcher
     from makima.control.executors.daemons import DaemonHub, DaemonSettings
     from makima.control.executors.jobs import JobExecutor
     from makima.control.kube import Kube, load_config
+    from makima.control.resources import step_view
     from makima.control.store import open_store
     from makima.core import dag, validation
     from makima.core.reconcile import ReconcileConfig
@@ -192,7 +193,7 @@ async def run_operator(
         from makima.control.handlers import configure, register
 
         registry = kopf.OperatorRegistry()
-        register(registry, op.controller, tick=settings.tick_seconds, fast_path=not settings.poll_only)
+        register(registry, op.controller, op.kube, tick=settings.tick_seconds, fast_path=not settings.poll_only)
 
         @kopf.on.startup(registry=registry)
         def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:

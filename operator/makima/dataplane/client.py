@@ -5,14 +5,13 @@ agent. Everything it sends or receives is a `makima.core.protocol` model; an err
 raised as `ApiError(status, body)` with the server's `ErrorBody` (every problem listed).
 
 Every call is idempotent on the server (an event batch carries an id, a step or a result
-sent again is recognised), so every call is retried, with one policy (`tenacity`):
-exponential backoff with jitter, at least as long as the operator's `Retry-After`, on
+sent again is recognised), so every call is retried with makima's one policy (`core.retry`:
+exponential backoff with full jitter, never shorter than the operator's `Retry-After`) on
 connection errors, timeouts, 408/409/425/429 and 5xx answers, for as long as the attempt
 could still be valid: `patience` seconds (default 600, `MAKIMA_REPORT_PATIENCE_SECONDS`,
 raised to the task's own timeout by `cover(spec)`), more than the heartbeat timeout and an
-operator restart. An answer that says the attempt
-is over (401/403: its token is refused) or that the request is wrong (400, 404, 413, 422)
-is final at once.
+operator restart. An answer that says the attempt is over (401/403: its token is refused)
+or that the request is wrong (400, 404, 413, 422) is final at once.
 
 The token never appears in a log line, an exception message or a repr.
 """
@@ -32,7 +31,6 @@ import aiohttp
 from pydantic import ValidationError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay, stop_any
 from tenacity.stop import stop_base
-from tenacity.wait import wait_random_exponential
 
 from makima.core.protocol import (
     ErrorBody,
@@ -44,6 +42,7 @@ from makima.core.protocol import (
     TaskResult,
     TaskSpec,
 )
+from makima.core.retry import AtLeastAsked, backoff
 
 log = logging.getLogger(__name__)
 
@@ -103,17 +102,9 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
-class _WaitHonouringRetryAfter:
-    """Exponential backoff with jitter, never shorter than the server's Retry-After."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.backoff = wait_random_exponential(multiplier=initial, max=maximum)
-
-    def __call__(self, state: RetryCallState) -> float:
-        wait = float(self.backoff(state))
-        exc = state.outcome.exception() if state.outcome is not None else None
-        hint = exc.retry_after if isinstance(exc, _Transient) else None
-        return max(wait, hint) if hint is not None else wait
+def _asked_wait(error: BaseException) -> float | None:
+    """The wait the operator asked for with its answer (Retry-After), if any."""
+    return error.retry_after if isinstance(error, _Transient) else None
 
 
 class MissingEnvironment(Exception):
@@ -228,7 +219,7 @@ class TaskClient:
             stops.append(stop_after_attempt(1 + max(0, self.retries)))
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: isinstance(e, _Transient)),
-            wait=_WaitHonouringRetryAfter(self.retry_delay, self.max_retry_delay),
+            wait=AtLeastAsked(backoff(self.retry_delay, self.max_retry_delay), _asked_wait),
             stop=stop_any(*stops),
             before_sleep=lambda state: self._log_retry(method, path, state),
             reraise=True,
@@ -299,8 +290,8 @@ def _describe(exc: BaseException) -> str:
 class EventReader:
     """Reads task event logs (`GET /v1/tasks/{id}/events`) with the operator's reader token.
 
-    For `makima dashboard`, which holds the token server-side: it never reaches a browser, a
-    log line, an exception message or a repr. Errors are `ApiError` (status 0: unreachable).
+    For `makima logs` and `makima dashboard` (which holds the token server-side): it never
+    reaches a browser, a log line, an exception message or a repr. Errors are `ApiError` (status 0: unreachable).
     """
 
     def __init__(self, api_url: str, token: str, *, timeout: float = 30.0) -> None:

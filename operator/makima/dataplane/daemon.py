@@ -10,8 +10,9 @@ daemon token, says hello (name, labels, capacity, tasks it is still running), an
 - on `CancelTask`: cancels that task's asyncio task (which kills the agent process).
 
 Losing the socket does not stop running tasks: they report over HTTP, not over the
-socket. The daemon reconnects forever with exponential backoff and full jitter, and
-lists its running tasks in the next hello so the operator lets it keep them.
+socket. The daemon reconnects forever with makima's one retry policy (`core.retry`:
+exponential backoff with full jitter, starting over after each welcome), and lists its
+running tasks in the next hello so the operator lets it keep them.
 
 The daemon token never reaches a task: the agent's environment is the daemon's minus
 `MAKIMA_DAEMON_TOKEN`, `MAKIMA_DAEMON_TOKEN_FILE` (and any `MAKIMA_TASK_*` of the daemon's
@@ -24,7 +25,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import shutil
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +46,7 @@ from makima.core.protocol import (
     TaskResult,
     TaskSpec,
 )
+from makima.core.retry import backoff, nth_wait
 
 log = logging.getLogger(__name__)
 
@@ -136,10 +137,10 @@ def api_runner(api_url: str, env: Mapping[str, str] | None = None) -> TaskRunner
     return run
 
 
-def backoff_delay(attempt: int, initial: float, maximum: float, rng: random.Random | None = None) -> float:
-    """Exponential backoff with full jitter: uniform in [cap/2, cap], cap = min(max, initial * 2**attempt)."""
-    cap = min(maximum, initial * (2 ** min(attempt, 30)))
-    return (rng or random).uniform(cap / 2, cap)
+def reconnect_delay(tries: int, initial: float, maximum: float) -> float:
+    """The wait before the next connection after `tries` connections in a row (counted from the
+    last welcome): makima's one retry policy (`core.retry`), exponential with full jitter."""
+    return nth_wait(backoff(initial, maximum), tries)
 
 
 class Daemon:
@@ -168,13 +169,13 @@ class Daemon:
 
     async def run(self) -> None:
         """Connect, serve, reconnect with backoff, forever (until `stop()`); then cancel running tasks."""
-        attempt = 0
+        tries = 0  # connections since the last welcome
         async with aiohttp.ClientSession() as session:
             try:
                 while not self._stopping.is_set():
                     try:
                         if await self._connect_once(session):
-                            attempt = 0
+                            tries = 0
                     except DaemonRefused as exc:
                         log.error("operator refused this daemon: %s", exc)
                     except OperatorUnavailable as exc:
@@ -188,8 +189,8 @@ class Daemon:
                         log.exception("connection to the operator failed unexpectedly")
                     if self._stopping.is_set():
                         break
-                    delay = backoff_delay(attempt, self.config.backoff_initial, self.config.backoff_max)
-                    attempt += 1
+                    tries += 1
+                    delay = reconnect_delay(tries, self.config.backoff_initial, self.config.backoff_max)
                     log.info("reconnecting in %.1fs", delay)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), delay)

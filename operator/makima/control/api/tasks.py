@@ -8,7 +8,7 @@
     POST /v1/tasks/{id}/pull-request  PullRequestReport -> {"accepted": true}   (completion tasks)
     GET  /v1/tasks/{id}/events?since=&limit=  -> EventPage          (reader token or task token)
 
-State changes are compare-and-set on the task's version; on a conflict the task is
+State changes are compare-and-set on the task's version (`_cas`): on a conflict the task is
 re-read (and re-authorised: it may have finished meanwhile) a bounded number of times.
 
 What lands in `tasks.result` (JSON), for the controller:
@@ -27,6 +27,8 @@ Events of type `heartbeat` only refresh `heartbeat_at`; they are not stored. A b
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -37,7 +39,8 @@ from makima.control import metrics
 from makima.control.api.auth import authorize_reader, authorize_task, bearer_token
 from makima.control.api.deps import ApiDeps
 from makima.control.api.errors import ApiError, json_response, problems_from_validation
-from makima.control.store import IllegalTransition, TaskStore, VersionConflict, token_matches
+from makima.control.logs import task_ids
+from makima.control.store import IllegalTransition, VersionConflict, token_matches
 from makima.core.protocol import (
     EventBatch,
     EventPage,
@@ -55,6 +58,7 @@ from makima.core.tasks import Task, TaskKind, TaskState
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
+R = TypeVar("R")
 
 DEPS_KEY: web.AppKey[ApiDeps] = web.AppKey("makima_api_deps", ApiDeps)
 MAX_PROBLEM_NAME = 100
@@ -129,28 +133,32 @@ async def _notify(deps: ApiDeps, task: Task) -> None:
     try:
         await deps.on_task_report(task)
     except Exception:
-        log.exception("on_task_report failed for task %s (the periodic reconcile will catch up)", task.id)
+        log.exception(
+            "on_task_report failed for task %s (the periodic reconcile will catch up)", task.id, extra=task_ids(task)
+        )
 
 
-async def _reread(store: TaskStore, task_id: str, token: str) -> Task:
-    """After a lost compare-and-set: the current row, if the token still opens it."""
-    return await authorize_task(store, task_id, token)
+async def _cas(deps: ApiDeps, task: Task, token: str, change: Callable[[Task], Awaitable[R]]) -> R:
+    """`change(task)` makes one compare-and-set on the task as last read. When it loses the race
+    (VersionConflict, IllegalTransition) the task is read again — and authorised again: it may
+    have finished meanwhile — and `change` runs again, up to `deps.cas_retries` times; then 409."""
+    for _ in range(deps.cas_retries):
+        try:
+            return await change(task)
+        except (VersionConflict, IllegalTransition):
+            task = await authorize_task(deps.store, task.id, token)
+    raise ApiError(409, f"task {task.id} keeps changing under concurrent reports; retry")
 
 
 async def _first_contact(deps: ApiDeps, task: Task, token: str) -> tuple[Task, bool]:
     """pending/dispatched -> running; (task, whether this call moved it)."""
-    for _ in range(deps.cas_retries):
+
+    async def start(task: Task) -> tuple[Task, bool]:
         if task.state not in (TaskState.PENDING, TaskState.DISPATCHED):
             return task, False
-        try:
-            return await deps.store.transition(task.id, task.version, TaskState.RUNNING, now=deps.clock()), True
-        except (VersionConflict, IllegalTransition):
-            task = await _reread(deps.store, task.id, token)
-    raise ApiError(409, f"task {task.id} keeps changing; retry the report")
+        return await deps.store.transition(task.id, task.version, TaskState.RUNNING, now=deps.clock()), True
 
-
-def _conflict(task_id: str) -> ApiError:
-    return ApiError(409, f"task {task_id} keeps changing under concurrent reports; retry")
+    return await _cas(deps, task, token, start)
 
 
 # ---- handlers ------------------------------------------------------------------------------
@@ -223,10 +231,10 @@ async def post_result(request: web.Request) -> web.Response:
         )
     target = _final_state(report)
     reported = report.model_dump(mode="json", exclude_none=True)
-    for _ in range(deps.cas_retries):
+
+    async def finish(task: Task) -> Task:
         if task.state is TaskState.PENDING:  # a report before dispatch was recorded: pass through running
             task, _moved = await _first_contact(deps, task, token)
-            continue
         fields: dict[str, Any] = {"result": {**(task.result or {}), **reported}}
         if report.branch is not None:
             fields["branch"] = report.branch
@@ -234,13 +242,9 @@ async def post_result(request: web.Request) -> web.Response:
             fields["commit"] = report.commit
         if target is TaskState.FAILED:
             fields["error"] = report.message or "the task reported failure without a message"
-        try:
-            task = await deps.store.transition(task.id, task.version, target, now=deps.clock(), **fields)
-            break
-        except (VersionConflict, IllegalTransition):
-            task = await _reread(deps.store, task.id, token)
-    else:
-        raise _conflict(task.id)
+        return await deps.store.transition(task.id, task.version, target, now=deps.clock(), **fields)
+
+    task = await _cas(deps, task, token, finish)
     metrics.TASK_REPORTS.labels(report="result").inc()
     if report.usage is not None:  # counted once: a replayed report is answered above
         agent = report.usage.agent or "custom"
@@ -261,7 +265,7 @@ def _stored_steps(task: Task) -> list[StepSubmission]:
         try:
             out.append(StepSubmission.model_validate(item))
         except ValidationError:
-            log.warning("task %s: ignoring an unreadable stored step", task.id)
+            log.warning("task %s: ignoring an unreadable stored step", task.id, extra=task_ids(task))
     return out
 
 
@@ -297,62 +301,82 @@ def _parse_steps(data: Any) -> tuple[list[Problem], list[StepSubmission], bool]:
     return problems, valid, False
 
 
+@dataclass
+class _StepMerge:
+    """A planning task's submission merged with the steps it stored before."""
+
+    previous: list[StepSubmission]
+    new: list[StepSubmission]
+    replayed: int  # steps identical to ones stored before (a retry after a lost reply)
+    final: bool
+    repeated: bool = False  # the very submission that made the plan final, sent again
+
+    def answer(self) -> dict[str, int]:
+        return {"accepted": len(self.new) + self.replayed, "total": len(self.previous) + len(self.new)}
+
+
+async def _merge_steps(
+    deps: ApiDeps, task: Task, submitted: list[StepSubmission], final: bool, shape_problems: list[Problem]
+) -> _StepMerge:
+    """Check a submission against what `task` stored before; ApiError (409, 422) if refused."""
+    previous = _stored_steps(task)
+    problems = list(shape_problems)
+    if (task.result or {}).get("final"):
+        stored_before = {s.name: s for s in previous}
+        if final and not problems and all(stored_before.get(s.name) == s for s in submitted):
+            return _StepMerge(previous, [], len(submitted), final, repeated=True)
+        raise ApiError(409, f"task {task.id} already marked its plan final: nothing more can be submitted")
+    if final and not submitted and not previous and task.generation < 2:
+        problems.append(Problem(message="the first plan (generation 1) needs at least one step", field="steps"))
+    known = {s.name for s in previous}
+    stored = {s.name: s for s in previous}
+    new: list[StepSubmission] = []
+    replayed = 0
+    for step in submitted:
+        if step.name in stored and stored[step.name] == step and not any(s.name == step.name for s in new):
+            replayed += 1  # the very step stored before (a retry after a lost reply): accepted again
+            continue
+        if step.name in known:
+            earlier = "in this submission" if any(s.name == step.name for s in new) else "earlier"
+            problems.append(
+                Problem(message=f"step {step.name!r} was already submitted {earlier}", field="name", step=step.name)
+            )
+            continue
+        known.add(step.name)
+        new.append(step)
+    if previous or new:
+        problems += await deps.validate_steps(task, previous + new)
+    if problems:
+        raise ApiError(422, f"step submission refused with {len(problems)} problem(s); nothing was stored", problems)
+    return _StepMerge(previous, new, replayed, final)
+
+
 async def post_steps(request: web.Request) -> web.Response:
     deps, task, token = await _authorized(request)
     if task.kind is not TaskKind.PLANNING:
         raise ApiError(409, f"task {task.id} is a {task.kind.value} task: only planning tasks submit steps")
     data = await read_json(request)
     reject_nul(data)
-    for _ in range(deps.cas_retries):
-        problems, submitted, final = _parse_steps(data)
-        previous = _stored_steps(task)
-        if (task.result or {}).get("final"):
-            stored_before = {s.name: s for s in previous}
-            if final and not problems and all(stored_before.get(s.name) == s for s in submitted):
-                # The very submission that made the plan final, sent again after a lost reply.
-                return web.json_response({"accepted": len(submitted), "total": len(previous)})
-            raise ApiError(409, f"task {task.id} already marked its plan final: nothing more can be submitted")
-        if final and not submitted and not previous and task.generation < 2:
-            problems.append(Problem(message="the first plan (generation 1) needs at least one step", field="steps"))
-        known = {s.name for s in previous}
-        new: list[StepSubmission] = []
-        stored = {s.name: s for s in previous}
-        replayed = 0
-        for step in submitted:
-            if step.name in stored and stored[step.name] == step and not any(s.name == step.name for s in new):
-                replayed += 1  # the very step stored before (a retry after a lost reply): accepted again
-                continue
-            if step.name in known:
-                earlier = "in this submission" if any(s.name == step.name for s in new) else "earlier"
-                problems.append(
-                    Problem(message=f"step {step.name!r} was already submitted {earlier}", field="name", step=step.name)
-                )
-                continue
-            known.add(step.name)
-            new.append(step)
-        if previous or new:
-            problems += await deps.validate_steps(task, previous + new)
-        if problems:
-            raise ApiError(
-                422, f"step submission refused with {len(problems)} problem(s); nothing was stored", problems
-            )
-        if not new and not final:
-            break  # only steps stored before: nothing to write
-        steps = [s.model_dump(mode="json", by_alias=True) for s in previous + new]
-        result = {**(task.result or {}), "steps": steps}
+    problems, submitted, final = _parse_steps(data)
+
+    async def store(task: Task) -> tuple[Task, _StepMerge]:
+        merge = await _merge_steps(deps, task, submitted, final, problems)
+        if merge.repeated or not (merge.new or merge.final):
+            return task, merge  # only steps stored before: nothing to write
+        result = {
+            **(task.result or {}),
+            "steps": [s.model_dump(mode="json", by_alias=True) for s in merge.previous + merge.new],
+        }
         if final:
             result["final"] = True
-        try:
-            task = await deps.store.update_fields(task.id, task.version, result=result)
-            break
-        except VersionConflict:
-            task = await _reread(deps.store, task.id, token)
-    else:
-        raise _conflict(task.id)
-    metrics.TASK_REPORTS.labels(report="steps").inc()
-    if new or final:
-        await _notify(deps, task)
-    return web.json_response({"accepted": len(new) + replayed, "total": len(previous) + len(new)})
+        return await deps.store.update_fields(task.id, task.version, result=result), merge
+
+    task, merge = await _cas(deps, task, token, store)
+    if not merge.repeated:
+        metrics.TASK_REPORTS.labels(report="steps").inc()
+        if merge.new or merge.final:
+            await _notify(deps, task)
+    return web.json_response(merge.answer())
 
 
 async def post_pull_request(request: web.Request) -> web.Response:
@@ -363,15 +387,12 @@ async def post_pull_request(request: web.Request) -> web.Response:
     reject_nul(data)
     report = parse(PullRequestReport, data)
     pr = report.model_dump(mode="json", exclude_none=True)
-    for _ in range(deps.cas_retries):
+
+    async def record(task: Task) -> Task:
         result = {**(task.result or {}), "pull_request": pr, "pull_request_url": report.url}
-        try:
-            task = await deps.store.update_fields(task.id, task.version, result=result)
-            break
-        except VersionConflict:
-            task = await _reread(deps.store, task.id, token)
-    else:
-        raise _conflict(task.id)
+        return await deps.store.update_fields(task.id, task.version, result=result)
+
+    task = await _cas(deps, task, token, record)
     metrics.TASK_REPORTS.labels(report="pull_request").inc()
     await _notify(deps, task)
     return web.json_response({"accepted": True})

@@ -190,7 +190,13 @@ class DaemonHub:
             await conn.send(SpawnTask(spec=spec, token=token))
             ack = await asyncio.wait_for(future, timeout or self.settings.spawn_timeout_seconds)
         except (TimeoutError, ConnectionError, RuntimeError) as exc:
-            log.warning("daemon %s: spawn of task %s failed: %s", daemon_id, task_id, type(exc).__name__)
+            log.warning(
+                "daemon %s: spawn of task %s failed: %s",
+                daemon_id,
+                task_id,
+                type(exc).__name__,
+                extra={"task": task_id},
+            )
             if isinstance(exc, TimeoutError):
                 await self.cancel(daemon_id, task_id)
             return False
@@ -201,7 +207,13 @@ class DaemonHub:
             conn.running.add(task_id)
             conn.owned.add(task_id)
             return True
-        log.info("daemon %s refused task %s: %s", daemon_id, task_id, ack.reason or "no reason given")
+        log.info(
+            "daemon %s refused task %s: %s",
+            daemon_id,
+            task_id,
+            ack.reason or "no reason given",
+            extra={"task": task_id},
+        )
         return False
 
     def task_finished(self, daemon_id: str | None, task_id: str) -> None:
@@ -336,7 +348,9 @@ class DaemonHub:
                 task = await self.store.get_task(task_id)
             except StoreError as exc:
                 # Cannot check now: keep it (its heartbeats are recorded once the store answers).
-                log.warning("daemon %s: cannot check task %s (%s); keeping it", conn.id, task_id, exc)
+                log.warning(
+                    "daemon %s: cannot check task %s (%s); keeping it", conn.id, task_id, exc, extra={"task": task_id}
+                )
                 conn.running.add(task_id)
                 conn.owned.add(task_id)
                 continue
@@ -350,7 +364,12 @@ class DaemonHub:
                 conn.running.add(task_id)
                 conn.owned.add(task_id)
             else:
-                log.info("daemon %s: task %s is no longer its to run; cancelling it", conn.id, task_id)
+                log.info(
+                    "daemon %s: task %s is no longer its to run; cancelling it",
+                    conn.id,
+                    task_id,
+                    extra={"task": task_id},
+                )
                 await conn.send(CancelTask(task_id=task_id))
 
     async def _serve(self, conn: _Connection) -> None:
@@ -381,7 +400,12 @@ class DaemonHub:
                     future.set_result(message)
                 elif message.accepted:
                     # An ack after its spawn timed out: the hub already sent a cancel.
-                    log.info("daemon %s: late ack for task %s ignored", conn.id, message.task_id)
+                    log.info(
+                        "daemon %s: late ack for task %s ignored",
+                        conn.id,
+                        message.task_id,
+                        extra={"task": message.task_id},
+                    )
             else:  # a second hello
                 log.warning("daemon %s: ignoring a repeated hello", conn.id)
 

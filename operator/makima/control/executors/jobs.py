@@ -1,7 +1,7 @@
 """The Job executor: a task becomes a Kubernetes Job running `makima task run`.
 
 `build_job` and `job_outcome` are pure (tested, and validated with kubernetes-validate);
-`JobExecutor` applies them through `kube.py`.
+`JobExecutor` applies them through the Kubernetes port (`kube.py` in the operator).
 
 The pod holds no cluster or database credentials: `automountServiceAccountToken` is
 off and the only secret it gets is its own task token (a per-task Secret, referenced,
@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from makima.control.kube import Kube
+from makima.control.ports import KubeGateway
+from makima.control.resources import owner_reference
 from makima.core import naming
 from makima.core.agents import DEFAULT_PROFILE
 from makima.core.models import Agent, Directive, parse_duration
@@ -43,17 +44,6 @@ def agent_image(agent: Agent, defaults: JobDefaults) -> str:
         return agent.image
     name = agent.profile.value if agent.profile is not None else defaults.profile
     return defaults.images.get(name) or defaults.image
-
-
-def owner_reference(obj: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "apiVersion": obj["apiVersion"],
-        "kind": obj["kind"],
-        "name": obj["metadata"]["name"],
-        "uid": obj["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def token_secret(task: Task, token: str, owner: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +165,7 @@ def job_outcome(job: dict[str, Any]) -> tuple[str, str] | None:
 
 
 class JobExecutor:
-    def __init__(self, kube: Kube, defaults: JobDefaults) -> None:
+    def __init__(self, kube: KubeGateway, defaults: JobDefaults) -> None:
         self.kube = kube
         self.defaults = defaults
 

@@ -2,7 +2,8 @@
 
 Each operation is one round-trip on the happy path. State changes are compare-and-set on
 `version`; a lost race raises `VersionConflict` and never overwrites. Connection errors
-are retried with bounded exponential backoff, then surface as `StoreUnavailable`;
+are retried with makima's one policy (`core.retry`: exponential backoff with full jitter),
+a bounded number of times, then surface as `StoreUnavailable`;
 `healthy` tracks the last outcome for the operator's /readyz.
 
 Every operation is bounded in time: each try (getting a connection and running the
@@ -30,11 +31,13 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 import asyncpg
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_before_delay
 
 from makima.control.store import migrations
 from makima.control.store.errors import IllegalTransition, StoreUnavailable, TaskNotFound, VersionConflict
 from makima.control.store.records import MAX_EVENT_TYPE, Daemon, Event, encode_payload
 from makima.control.store.tokens import token_matches
+from makima.core.retry import backoff
 from makima.core.tasks import ACTIVE_STATES, TRANSITIONS, Task, TaskState
 
 log = logging.getLogger(__name__)
@@ -62,6 +65,12 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
     asyncpg.CrashShutdownError,
     asyncpg.TooManyConnectionsError,
 )
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning("store: %r (attempt %d), retrying in %.2fs", error, state.attempt_number, wait)
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -214,37 +223,49 @@ class TaskStore:
         timeout: float | None = None,
         per_try: float | None = None,
     ) -> T:
+        """`op` on a pooled connection; connection errors retried with makima's one policy
+        (`core.retry`) within `attempts` tries and `timeout` seconds, then StoreUnavailable."""
         attempts = attempts or self.retry_attempts
         per_try = per_try or self.attempt_timeout
+        total = timeout if timeout is not None else self.op_timeout
         if timeout is not None:
             per_try = min(per_try, timeout)
-        deadline = time.monotonic() + (timeout if timeout is not None else self.op_timeout)
-        delay = self.retry_base
-        for attempt in range(1, attempts + 1):
-            budget = min(per_try, deadline - time.monotonic())
-            try:
-                if budget <= 0:
-                    raise TimeoutError("the store's time budget for this operation ran out")
-                result = await self._try(op, budget)
-            except Exception as exc:
-                if not _is_retryable(exc):
-                    raise
+        deadline = time.monotonic() + total
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_is_retryable),
+            wait=backoff(self.retry_base, self.retry_max),
+            # no next try that could not start before the time budget runs out
+            stop=stop_after_attempt(attempts) | stop_before_delay(total),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    result = await self._try(op, min(per_try, deadline - time.monotonic()))
+        except Exception as exc:
+            if not _is_retryable(exc):
+                raise
+            tries = retrying.statistics.get("attempt_number", attempts)
+            raise StoreUnavailable(f"database unreachable after {tries} attempt(s): {exc!r}") from exc
+        self.healthy = True
+        return result
+
+    async def _try(self, op: Callable[[asyncpg.Connection], Awaitable[T]], budget: float) -> T:
+        """One try within `budget` seconds; a connection left mid-statement is terminated. A
+        connection error marks the store unhealthy and starts an outage (if none is running)."""
+        try:
+            return await self._try_once(op, budget)
+        except Exception as exc:
+            if _is_retryable(exc):
                 self.healthy = False
                 if self._outage_since is None:
                     self._outage_since = time.monotonic()
-                left = deadline - time.monotonic()
-                if attempt == attempts or left <= delay:
-                    raise StoreUnavailable(f"database unreachable after {attempt} attempt(s): {exc!r}") from exc
-                log.warning("store: %r (attempt %d/%d), retrying in %.2fs", exc, attempt, attempts, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry_max)
-                continue
-            self.healthy = True
-            return result
-        raise AssertionError("unreachable")
+            raise
 
-    async def _try(self, op: Callable[[asyncpg.Connection], Awaitable[T]], budget: float) -> T:
-        """One try within `budget` seconds; a connection left mid-statement is terminated."""
+    async def _try_once(self, op: Callable[[asyncpg.Connection], Awaitable[T]], budget: float) -> T:
+        if budget <= 0:
+            raise TimeoutError("the store's time budget for this operation ran out")
         async with asyncio.timeout(budget):
             conn = await self._pool.acquire()
         try:
