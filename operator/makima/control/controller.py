@@ -29,6 +29,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from makima.control import metrics
+from makima.control.agents import AgentDirectory
 from makima.control.dispatch import TaskDispatcher
 from makima.control.kube import DIRECTIVES, STEPS, Kube
 from makima.control.store.errors import IllegalTransition, StoreError, VersionConflict
@@ -195,6 +196,8 @@ class Controller:
         self._timer_slots: asyncio.Semaphore | None = None
         self.create_concurrency = CREATE_CONCURRENCY
         self.dispatch_concurrency = DISPATCH_CONCURRENCY
+        # The Agents (kopf index, bound by handlers.py) and each Agent's free slots.
+        self.agents = AgentDirectory(store, *([dispatcher.agent.profile] if hasattr(dispatcher, "agent") else []))
 
     # ---- inputs ---------------------------------------------------------------------------
 
@@ -213,6 +216,7 @@ class Controller:
         self._written.pop(key, None)
         self._count_directive(key, None)
         self._count_steps_of(key, [])
+        self.agents.forget(key)
 
     def step_seen(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
         """The watch delivered a step: our own write of it is no longer needed once the watch
@@ -262,6 +266,8 @@ class Controller:
         if not self.fast_path:
             return  # poll-only: the next timer run sees the report
         self.trigger_soon(key, "report")
+        for waiting in self.agents.freed_by(task):  # a slot of their Agent is free now
+            self.trigger_soon(waiting, "agent")
 
     def trigger_soon(self, key: Key, trigger: str) -> None:
         job = asyncio.get_running_loop().create_task(self.trigger(key, trigger))
@@ -316,7 +322,7 @@ class Controller:
         body = self.directives.get(key)
         if state is None or state.quiet is None or body is None:
             return False
-        if state.quiet_ticks >= state.quiet_limit:
+        if state.quiet_ticks >= state.quiet_limit or self.agents.waiting(key):
             return False
         if state.expires_at is not None and self.clock() >= state.expires_at:
             return False
@@ -359,19 +365,25 @@ class Controller:
         tasks = await self.store.tasks_for_directive(directive.metadata.uid)
         digest = (kube_view, frozenset((t.id, t.version) for t in tasks))
         active = any(t.state.active for t in tasks) or any((s.get("status") or {}).get("nextAttemptAt") for s in steps)
-        if only_if_changed and not active and digest == state.digest:
+        if only_if_changed and not active and digest == state.digest and not self.agents.waiting(key):
             self._settle(key, state, kube_view, active)
             return []
-        snapshot = Snapshot(
-            directive=directive,
-            steps=[step_view(s) for s in steps],
-            tasks=list(tasks),
-            daemons=daemons,
-        )
-        actions = decide(snapshot, self.clock(), self.config)
-        if actions:
-            log.info("%s/%s: %s", *key, ", ".join(type(a).__name__ for a in actions))
-        await self.apply(key, body, steps, actions, directive)
+        # The Agent's settings go where spec.agent is read; a limited Agent's lock is held
+        # from counting its active tasks to the last task launched.
+        async with self.agents.resolved(key, directive) as (directive, agent):
+            snapshot = Snapshot(
+                directive=directive,
+                steps=[step_view(s) for s in steps],
+                tasks=list(tasks),
+                daemons=daemons,
+                agent=agent,
+            )
+            actions = decide(snapshot, self.clock(), self.config)
+            if actions:
+                log.info("%s/%s: %s", *key, ", ".join(type(a).__name__ for a in actions))
+            await self.apply(key, body, steps, actions, directive)
+        started = sum(isinstance(a, DispatchStep | CreatePlanningTask | StartCompletion) for a in actions)
+        self.agents.settle(key, agent, started, _phase_of(self.directives.get(key) or body, ""))
         if not actions and state.report_at == report_seen:
             state.report_at = None  # nothing follows from that report: a later dispatch is no hand-off
         state.digest = digest if not actions else None

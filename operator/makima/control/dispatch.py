@@ -18,7 +18,7 @@ from makima.control.executors.jobs import JobExecutor
 from makima.control.kube import KubeError
 from makima.control.store.errors import IllegalTransition, VersionConflict
 from makima.control.store.tokens import hash_token, new_token
-from makima.core import naming
+from makima.core import agent_ref, naming
 from makima.core.agents import DEFAULT_PROFILE
 from makima.core.models import Agent, Directive, parse_duration
 from makima.core.protocol import AgentSettings, CompletionPlan, TaskSpec, WorkspacePlan
@@ -69,7 +69,8 @@ class TaskDispatcher:
     def _agent(self, directive: Directive) -> AgentSettings:
         spec = directive.spec
         timeout = parse_duration(spec.execution.step_timeout).total_seconds()
-        return agent_settings(spec.agent, self.agent, timeout)
+        settings = agent_settings(spec.agent, self.agent, timeout)
+        return settings.model_copy(update={"agent_ref": agent_ref.in_use(directive)})  # counted per Agent
 
     def _spec(
         self,

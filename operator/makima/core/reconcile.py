@@ -33,7 +33,7 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any, Literal
 
-from makima.core import dag, naming, prompts
+from makima.core import agent_ref, dag, naming, prompts
 from makima.core import usage as usage_mod
 from makima.core.models import (
     Budget,
@@ -141,12 +141,14 @@ class ReconcileConfig:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What decide() sees. `tasks`: every task of this directive (all kinds, attempts)."""
+    """What decide() sees. `tasks`: every task of this directive (all kinds, attempts);
+    `agent`: how many tasks its Agent lets it start now (agent_ref.gate)."""
 
     directive: Directive
     steps: Sequence[StepView]
     tasks: Sequence[Task]
     daemons: Sequence[DaemonView] = ()
+    agent: agent_ref.AgentGate = field(default_factory=agent_ref.AgentGate)
 
 
 # ---- actions -------------------------------------------------------------------------------------
@@ -380,19 +382,30 @@ def choose_route(
 
 
 class _Router:
-    """choose_route() with the slots taken by this very decide() call counted in."""
+    """choose_route() with the slots taken by this very decide() call counted in, the daemons'
+    and the Agent's (a task of any kind takes one of the Agent's slots)."""
 
-    def __init__(self, directive: Directive, daemons: Sequence[DaemonView]) -> None:
+    def __init__(
+        self, directive: Directive, daemons: Sequence[DaemonView], agent: agent_ref.AgentGate | None = None
+    ) -> None:
         self.mode = directive.spec.execution.mode
         self.selector = directive.spec.execution.daemon_selector
         ns = directive.metadata.namespace
         self.daemons = sorted((d for d in daemons if d.namespace == ns), key=lambda d: d.id)
         self.extra: dict[str, int] = {}
+        self.agent = agent or agent_ref.AgentGate()
+        self.slots = self.agent.slots
+        self.waiting_for = "a daemon"  # what a None from pick() waits for
 
     def pick(self) -> Route | None:
+        if self.slots is not None and self.slots <= 0:
+            self.waiting_for = self.agent.waiting_for
+            return None
         route = choose_route(self.mode, self.selector, self.daemons, self.extra)
         if route is not None and route.daemon_id is not None:
             self.extra[route.daemon_id] = self.extra.get(route.daemon_id, 0) + 1
+        if route is not None and self.slots is not None:
+            self.slots -= 1
         return route
 
 
@@ -444,7 +457,7 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
     paused = spec.paused
     timeout = parse_duration(spec.execution.step_timeout)
     retries = spec.execution.retries
-    router = _Router(d, snapshot.daemons)
+    router = _Router(d, snapshot.daemons, snapshot.agent)
     events: list[EmitEvent] = []
     actions: list[Action] = []
 
@@ -649,8 +662,11 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
 
     # 7. status ----------------------------------------------------------------------------------------
     pr_reason = _pull_request_reason(completion_tasks, comp.done)
-    status = _status(d, steps, order, phase, marks, plan, comp, counts, pr_status, pr_reason, waiting_for_daemon, now)
+    waiting_on = router.waiting_for if waiting_for_daemon else None  # a daemon, or the Agent
+    status = _status(d, steps, order, phase, marks, plan, comp, counts, pr_status, pr_reason, waiting_on, now)
     status = _with_budget(status, cur, spec.budget, spent, over_budget, completion_running, d.metadata.generation, now)
+    status, agent_events = agent_ref.with_condition(status, cur, snapshot.agent, d.metadata.generation, now)
+    events.extend(EmitEvent(*e) for e in agent_events)
     was_over = any(c.type == CondType.BUDGET_EXCEEDED and c.status is ConditionStatus.TRUE for c in cur.conditions)
     if over_budget is not None and not was_over:
         events.append(EmitEvent("Warning", Reason.BUDGET_EXCEEDED, f"paused: {over_budget}; running tasks finish"))
@@ -1179,7 +1195,7 @@ def _status(
     counts: StepCounts,
     pr: PullRequestStatus | None,
     pr_reason: str,
-    waiting_for_daemon: bool,
+    waiting_on: str | None,
     now: datetime,
 ) -> DirectiveStatus:
     cur = d.status
@@ -1188,7 +1204,7 @@ def _status(
     planning_now = plan.active or plan.retry_at is not None or (plan.waiting_for_daemon and not plan.planned)
     unfinished = [n for n in order if not phase[n].terminal]
     bad = [n for n in order if phase[n] in (StepPhase.FAILED, StepPhase.SKIPPED)]
-    daemon_note = "; waiting for a daemon" if waiting_for_daemon else ""
+    daemon_note = f"; waiting for {waiting_on}" if waiting_on else ""
 
     def step_message(name: str) -> str:
         mark = marks.get(name)
@@ -1205,7 +1221,9 @@ def _status(
         if plan.retry_message:
             message = plan.retry_message
         elif plan.waiting_for_daemon and not plan.active:
-            message = f"waiting for a daemon to run the planning task (generation {plan.generation or 1})"
+            message = (
+                f"waiting for {waiting_on or 'a daemon'} to run the planning task (generation {plan.generation or 1})"
+            )
         else:
             message = f"planning generation {plan.generation}"
     elif plan.failed_message:  # paused is being set in this very call
