@@ -149,12 +149,16 @@ def test_examples_validate_against_their_crd() -> None:
     examples = sorted((ROOT / "examples").glob("*.yaml"))
     assert examples, "examples/ has no directives"
     crds = {c["spec"]["names"]["kind"]: c for c in all_crds().values()}
+    models: dict[str, Any] = {"Directive": DirectiveSpec, "Agent": AgentResourceSpec}
+    kinds = set()
     for path in examples:
         for doc in yaml.safe_load_all(path.read_text()):
             if not doc or doc.get("kind") not in crds:
                 continue
             jsonschema.validate(doc, _schema(crds[doc["kind"]]))
-            DirectiveSpec.model_validate(doc["spec"])
+            models[doc["kind"]].model_validate(doc["spec"])
+            kinds.add(doc["kind"])
+    assert kinds == {"Directive", "Agent"}
 
 
 def test_cli_prints_every_crd() -> None:
