@@ -1,5 +1,6 @@
-"""The `Agent` resource end to end on the sandbox: kopf in-process, real PostgreSQL, sandbox Jobs
-running the real runner with the scripted agent (whose script comes from the Agent's env).
+"""The `Agent` resource end to end, on the sandbox and on the real control plane with the chart's
+RBAC: kopf in-process, real PostgreSQL, Jobs running the real runner with the scripted agent
+(whose script comes from the Agent's env).
 
 - Two directives share the namespace's `default` Agent (one names it in spec.agentRef, one names
   nothing): both complete with the Agent's settings (its script, its Secret as the key variable,
@@ -25,7 +26,7 @@ from makima.core.tasks import Task
 
 from .conftest import GROUP_PATH, Api, OperatorFactory
 
-pytestmark = pytest.mark.parametrize("cluster", ["sandbox"], indirect=True)
+pytestmark = pytest.mark.parametrize("cluster", ["sandbox", "real"], indirect=True)
 
 SCRIPT = {
     "plan": [{"name": n, "title": f"Step {n}"} for n in ("one", "two", "three")],
@@ -108,7 +109,7 @@ async def test_directives_run_with_the_default_agents_settings_and_share_its_slo
         "data": {"token": base64.b64encode(b"not-a-real-key").decode()},
     }
     await api.request("POST", f"/api/v1/namespaces/{api.namespace}/secrets", secret)
-    limit = 2
+    limit, ns = 2, api.namespace
     await create_agent(
         api,
         agent(
@@ -127,12 +128,12 @@ async def test_directives_run_with_the_default_agents_settings_and_share_its_slo
         assert phase(done) == "Completed", done["status"]
         resolved = condition(done, "AgentResolved")
         assert resolved is not None and resolved["status"] == "True", done["status"]
-        assert resolved["reason"] == "AgentFound" and resolved["message"] == "uses Agent default/default"
+        assert resolved["reason"] == "AgentFound" and resolved["message"] == f"uses Agent {ns}/default"
         assert sorted(await api.steps(name)) == ["one", "three", "two"], "the plan of the Agent's script"
         mine = list(await op.store.tasks_for_directive(done["metadata"]["uid"]))
         for t in mine:
             assert t.spec is not None
-            assert (t.spec["agent"]["agent_ref"], t.spec["agent"]["profile"]) == ("default/default", "scripted")
+            assert (t.spec["agent"]["agent_ref"], t.spec["agent"]["profile"]) == (f"{ns}/default", "scripted")
             assert t.spec["agent"]["timeout_seconds"] == 300, "the Agent's 5m caps the directive's 10m"
         tasks += mine
 
@@ -159,8 +160,8 @@ async def test_a_missing_agent_is_waited_for_then_used(api: Api, start_operator:
     waiting = await api.wait_for("waits", not_found, what="AgentResolved=False")
     cond = condition(waiting, "AgentResolved")
     assert cond is not None and cond["reason"] == "AgentNotFound"
-    assert cond["message"].startswith("Agent default/later: not found")
-    assert "waiting for Agent default/later (not found" in waiting["status"]["message"]
+    assert cond["message"].startswith(f"Agent {api.namespace}/later: not found")
+    assert f"waiting for Agent {api.namespace}/later (not found" in waiting["status"]["message"]
     assert not list(await op.store.tasks_for_directive(waiting["metadata"]["uid"])), "no task without its Agent"
     assert not await api.jobs()
     warnings = [e for e in await api.events() if e.get("reason") == "AgentNotFound"]

@@ -76,8 +76,10 @@ def test_helm_lint_is_clean(name: str) -> None:
 def test_default_renders_the_minimum() -> None:
     kinds = sorted(d["kind"] for d in render())
     # the operator's read-only discovery ClusterRole and binding, its Role and binding in the
-    # release namespace, and the people's two (aggregated, unbound) ClusterRoles
+    # release namespace, the people's two (aggregated, unbound) ClusterRoles and the platform
+    # team's agent-admin ClusterRole (aggregated into nothing, unbound)
     assert kinds == [
+        "ClusterRole",
         "ClusterRole",
         "ClusterRole",
         "ClusterRole",
