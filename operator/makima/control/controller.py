@@ -34,6 +34,7 @@ from makima.control.dispatch import TaskDispatcher
 from makima.control.kube import DIRECTIVES, STEPS, Kube
 from makima.control.store.errors import IllegalTransition, StoreError, VersionConflict
 from makima.core import naming
+from makima.core.agents import DEFAULT_PROFILE
 from makima.core.models import Directive, DirectivePhase, DirectiveStatus, DirectiveStep, ExecutorKind, StepPhase
 from makima.core.reconcile import (
     Action,
@@ -197,7 +198,8 @@ class Controller:
         self.create_concurrency = CREATE_CONCURRENCY
         self.dispatch_concurrency = DISPATCH_CONCURRENCY
         # The Agents (kopf index, bound by handlers.py) and each Agent's free slots.
-        self.agents = AgentDirectory(store, *([dispatcher.agent.profile] if hasattr(dispatcher, "agent") else []))
+        defaults = getattr(dispatcher, "agent", None)  # test doubles of the dispatcher may have none
+        self.agents = AgentDirectory(store, defaults.profile if defaults is not None else DEFAULT_PROFILE)
 
     # ---- inputs ---------------------------------------------------------------------------
 
