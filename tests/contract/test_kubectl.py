@@ -159,13 +159,19 @@ def test_kubectl_with_the_project_crds(target: Target) -> None:
     header = target.out("get", "directives").splitlines()[0].split()
     assert header == ["NAME", "PHASE", "PROGRESS", "PR", "AGE"]
     wide = target.out("get", "directives", "-o", "wide").splitlines()
-    wide_header = ["NAME", "PHASE", "PROGRESS", "PR", "AGE", "TITLE", "MODE", "PLAN", "STARTED", "COMPLETED"]
+    wide_header = ["NAME", "PHASE", "PROGRESS", "PR", "AGE", "TITLE", "MODE", "AGENT", "PLAN", "STARTED", "COMPLETED"]
     assert wide[0].split() == wide_header
     assert "Auto" in wide[1]
     assert "Name:" in target.out("describe", "directive", "greeter")
     explain = target.out("explain", "directive.spec")
     assert "<no description>" not in explain and "goal" in explain
     assert "deleted" in target.out("delete", "-f", str(DIRECTIVE))
+    # the Agent of examples/agent.yaml: `kubectl get agents` with its columns
+    target.out("apply", "-f", str(PROJECT / "examples" / "agent.yaml"))
+    header, row = target.out("get", "agents").splitlines()[:2]
+    assert header.split() == ["NAME", "PROFILE", "IMAGE", "CONCURRENCY", "AGE"]
+    assert row.split()[:3] == ["claude", "claude-code", "4"], row  # no image: the profile's (blank)
+    assert "deleted" in target.out("delete", "agent", "claude")
 
 
 @pytest.mark.skipif(not PROJECT_CRDS or not DIRECTIVE.exists(), reason="crds/ or examples/directive.yaml absent")

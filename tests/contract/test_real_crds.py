@@ -54,7 +54,7 @@ def directive(name: str, **spec: Any) -> dict[str, Any]:
 
 def test_crds_are_structural_and_established(real_cluster: RealCluster) -> None:
     install_crds(real_cluster)
-    for name in ("directives.makima.dev", "directivesteps.makima.dev"):
+    for name in ("agents.makima.dev", "directives.makima.dev", "directivesteps.makima.dev"):
         crd = real_cluster.ok("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
         conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
         # A non-structural schema would be reported here (and pruning/defaulting disabled).
@@ -99,3 +99,64 @@ def test_kubectl_explain_describes_the_spec(real_cluster: RealCluster, tmp_path:
     install_crds(real_cluster)
     explained = kubectl(real_cluster, tmp_path, "explain", "directive.spec.execution").stdout
     assert "maxParallelSteps" in explained and "retries" in explained
+
+
+def agent(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "makima.dev/v1alpha1", "kind": "Agent", "metadata": {"name": name}, "spec": spec}
+
+
+def test_agent_ref_and_an_inline_agent_are_refused_together(real_cluster: RealCluster, ns: str) -> None:
+    """The CRD's CEL rule (the sandbox checks none; the model refuses the same)."""
+    both = directive("both", agentRef={"name": "claude"}, agent={"profile": "codex"})
+    status, answer = real_cluster.call("POST", f"{GROUP}/namespaces/{ns}/directives", both)
+    assert status == 422, answer
+    assert "spec.agentRef and spec.agent exclude each other" in answer["message"], answer
+    # agentRef alone passes, though the server defaults spec.agent to {}
+    named = directive("named", agentRef={"name": "x"})
+    named["spec"].pop("agent")  # the example's scripted agent
+    created = real_cluster.ok("POST", f"{GROUP}/namespaces/{ns}/directives", named)
+    assert created["spec"]["agentRef"] == {"name": "x"} and created["spec"]["agent"] == {}
+    inline = directive("inline", agent={"env": [{"name": "A", "value": "1"}]})
+    real_cluster.ok("POST", f"{GROUP}/namespaces/{ns}/directives", inline)
+
+
+def test_bad_agents_are_refused_at_admission(real_cluster: RealCluster, ns: str) -> None:
+    path = f"{GROUP}/namespaces/{ns}/agents"
+    status, answer = real_cluster.call("POST", path, agent("bad", maxConcurrentTasks=0, profile="gpt", timeout="soon"))
+    assert status == 422, answer
+    fields = {c.get("field") for c in answer["details"]["causes"]}
+    assert {"spec.maxConcurrentTasks", "spec.profile", "spec.timeout"} <= fields, answer
+    for spec, message in (
+        ({"allowedNamespaces": ["team-a", "*"]}, "must be the only entry of allowedNamespaces"),
+        (
+            {"secretRef": {"name": "llm", "keys": [{"key": "a", "env": "K"}, {"key": "b", "env": "K"}]}},
+            "each environment variable may come from one key only",
+        ),
+    ):
+        status, answer = real_cluster.call("POST", path, agent("cel", **spec))
+        assert status == 422 and message in answer["message"], answer
+    good = agent(
+        "good",
+        profile="claude-code",
+        secretRef={"name": "anthropic"},
+        maxConcurrentTasks=2,
+        allowedNamespaces=["*"],
+        timeout="30m",
+    )
+    created = real_cluster.ok("POST", path, good)
+    assert created["spec"] == good["spec"]
+    assert "status" not in created
+
+
+def test_kubectl_get_agents_shows_profile_image_and_concurrency(
+    real_cluster: RealCluster, ns: str, tmp_path: Path
+) -> None:
+    body = agent("claude", profile="claude-code", image="registry.example/agent-claude:1", maxConcurrentTasks=3)
+    real_cluster.ok("POST", f"{GROUP}/namespaces/{ns}/agents", body)
+    header, row = kubectl(real_cluster, tmp_path, "-n", ns, "get", "agents").stdout.splitlines()[:2]
+    assert header.split() == ["NAME", "PROFILE", "IMAGE", "CONCURRENCY", "AGE"], header
+    assert row.split()[:4] == ["claude", "claude-code", "registry.example/agent-claude:1", "3"], row
+    wide = kubectl(real_cluster, tmp_path, "-n", ns, "get", "ag", "-o", "wide").stdout.splitlines()[0]
+    assert wide.split()[-2:] == ["SECRET", "TIMEOUT"], wide
+    explained = kubectl(real_cluster, tmp_path, "explain", "agent.spec.secretRef").stdout
+    assert "keys" in explained and "namespace the task's pod runs in" in explained

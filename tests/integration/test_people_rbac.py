@@ -97,6 +97,14 @@ def test_the_cli_works_with_the_peoples_role_and_nothing_more(
             kube.custom.patch_namespaced_custom_object_status("makima.dev", "v1alpha1", ns, plural, obj, forged)
         assert denied.value.status == 403, plural
 
+    # Agents: an editor reads them (which one a directive may name) but defining one is the
+    # platform team's (the chart's agent-admin role, aggregated into nothing).
+    assert kube.custom.list_namespaced_custom_object("makima.dev", "v1alpha1", ns, "agents")["items"] == []
+    agent = {"apiVersion": "makima.dev/v1alpha1", "kind": "Agent", "metadata": {"name": "mine"}, "spec": {}}
+    with pytest.raises(ApiException) as denied:
+        kube.custom.create_namespaced_custom_object("makima.dev", "v1alpha1", ns, "agents", agent)
+    assert denied.value.status == 403
+
     # Outside the role: Secrets, Jobs, step status forged by hand, anything in another namespace.
     for forbidden in (
         lambda: kube.core.list_namespaced_secret(ns),

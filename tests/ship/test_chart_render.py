@@ -107,9 +107,11 @@ def test_helm_lint_is_clean(name: str) -> None:
 def test_default_renders_the_minimum() -> None:
     kinds = sorted(d["kind"] for d in render())
     # the operator's read-only discovery ClusterRole and binding, its Role and binding in the
-    # release namespace, the people's (aggregated, unbound) ClusterRole
-    # and default-deny NetworkPolicies for agent pods and the operator
+    # release namespace, the people's (aggregated, unbound) ClusterRole, the platform team's
+    # agent-admin ClusterRole (aggregated into nothing, unbound), and default-deny
+    # NetworkPolicies for agent pods and the operator
     assert kinds == [
+        "ClusterRole",
         "ClusterRole",
         "ClusterRole",
         "ClusterRoleBinding",

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from makima.control.kube import USER_RULES
+from makima.control.kube import AGENT_ADMIN_RULES, USER_RULES
 from makima.control.kube_calls import DAEMON_CREDENTIALS_RULES, NAMED_RULES, OPERATOR_RULES
 
 from .chart import NAMESPACE, RELEASE, of_kind, render
@@ -63,7 +63,7 @@ def _expected(*, peering: str | None, daemon_credentials: bool = False) -> Rules
 
 
 def _user_role(doc: dict[str, Any]) -> bool:
-    return doc["metadata"].get("labels", {}).get("makima.dev/role") in ("user", "user-admin")  # the latter: gone
+    return doc["metadata"].get("labels", {}).get("makima.dev/role") in ("user", "user-admin", "agent-admin")
 
 
 def _bound_to_operator(docs: list[dict[str, Any]], binding_kind: str, role_kind: str) -> list[dict[str, Any]]:
@@ -163,7 +163,7 @@ def test_rbac_can_be_left_to_the_cluster_admin() -> None:
 def test_user_role_grants_exactly_what_the_cli_uses_and_aggregates_into_edit() -> None:
     docs = render({})
     roles = {d["metadata"]["labels"]["makima.dev/role"]: d for d in of_kind(docs, "ClusterRole") if _user_role(d)}
-    role = roles["user"]
+    role, agent_admin = roles["user"], roles["agent-admin"]
     assert "user-admin" not in roles, "retry is a request the operator performs: no role writes step status"
     labels = role["metadata"]["labels"]
     assert labels["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
@@ -171,7 +171,12 @@ def test_user_role_grants_exactly_what_the_cli_uses_and_aggregates_into_edit() -
     assert _flatten(role["rules"]) == {(g, r, ()): set(v) for g, r, v in USER_RULES}
     # Editors never write status (a forged step Succeeded); `makima retry` sets an annotation.
     assert not [key for key in _flatten(role["rules"]) if key[1].endswith("/status")]
+    # Agents: editors read them; writing them is a role of its own, aggregated into nothing
+    assert _flatten(role["rules"])[("makima.dev", "agents", ())] == {"get", "list", "watch"}
+    assert _flatten(agent_admin["rules"]) == {(g, r, ()): set(v) for g, r, v in AGENT_ADMIN_RULES}
+    assert not [k for k in agent_admin["metadata"]["labels"] if k.startswith("rbac.authorization.k8s.io/aggregate")]
     # never bound to the operator's service account
     bindings = of_kind(docs, "ClusterRoleBinding") + of_kind(docs, "RoleBinding")
-    assert all(b["roleRef"]["name"] != role["metadata"]["name"] for b in bindings)
+    people = {r["metadata"]["name"] for r in (role, agent_admin)}
+    assert all(b["roleRef"]["name"] not in people for b in bindings)
     assert not [d for d in of_kind(render({"rbac": {"userRoles": False}}), "ClusterRole") if _user_role(d)]

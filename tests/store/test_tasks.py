@@ -200,3 +200,24 @@ async def test_heartbeat_moves_forward_only_and_does_not_bump_version(store: Tas
     await store.transition(t.id, t.version, TaskState.SUCCEEDED)
     assert not await store.heartbeat(t.id, T0 + timedelta(minutes=1))
     assert not await store.heartbeat(make_task().id, T0)
+
+
+async def test_active_tasks_of_an_agent_count_every_directive_and_only_active_ones(store: TaskStore) -> None:
+    """What an Agent's maxConcurrentTasks limits: its active tasks over every directive, by the
+    Agent recorded in each task's spec; a pending row counts once its spec is written."""
+
+    def spec(agent: str | None) -> dict[str, object]:
+        return {"agent": {"command": ["claude"], "agent_ref": agent}}
+
+    for directive_uid, agent in (("d-1", "team/claude"), ("d-2", "team/claude"), ("d-2", "team/codex")):
+        await store.create_task(make_task(directive_uid=directive_uid, spec=spec(agent)), None)
+    await store.create_task(make_task(spec=spec(None)), None)  # inline agent: counted for no Agent
+    await store.create_task(make_task(), None)  # spec not written yet
+    assert await store.active_tasks_of_agent("team/claude") == 2
+    assert await store.active_tasks_of_agent("team/codex") == 1
+    assert await store.active_tasks_of_agent("other/claude") == 0
+
+    done, _ = await store.create_task(make_task(spec=spec("team/claude")), None)
+    assert await store.active_tasks_of_agent("team/claude") == 3
+    await store.transition(done.id, done.version, TaskState.FAILED, error="boom")
+    assert await store.active_tasks_of_agent("team/claude") == 2

@@ -37,8 +37,18 @@ def test_reference_lists_every_spec_and_status_field() -> None:
         schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         assert f"## {crd['spec']['names']['kind']}" in text
         for part in ("spec", "status"):
+            if part not in schema["properties"]:  # an Agent has no status
+                continue
             for path in paths(schema["properties"][part], part):
                 assert f"| `{path}` |" in text, path
+
+
+def test_reference_lists_the_cel_rules_checked_at_admission() -> None:
+    text = reference_markdown()
+    assert "Checked at admission (CEL rules of Directive):" in text
+    assert "spec.agentRef and spec.agent exclude each other" in text
+    assert "Checked at admission (CEL rules of Agent):" in text
+    assert "- `spec.secretRef`: each environment variable may come from one key only" in text
 
 
 def test_reference_shows_defaults_bounds_and_enums() -> None:

@@ -11,8 +11,8 @@ import yaml
 from typer.testing import CliRunner
 
 from makima.cli.main import app
-from makima.core.crds import all_crds, directive_crd, render
-from makima.core.models import DirectiveSpec
+from makima.core.crds import agent_crd, all_crds, directive_crd, render
+from makima.core.models import AgentResourceSpec, DirectiveSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -98,7 +98,7 @@ def test_crd_names_scope_and_columns() -> None:
 
     assert columns(directive, 0) == ["Phase", "Progress", "PR", "Age"]
     # `kubectl get -o wide` shows more than the default
-    assert columns(directive, 1) == ["Title", "Mode", "Plan", "Started", "Completed"]
+    assert columns(directive, 1) == ["Title", "Mode", "Agent", "Plan", "Started", "Completed"]
     assert columns(step, 0) == ["Directive", "Phase", "Order", "Attempts", "Age"]
     assert columns(step, 1) == ["Title", "Generation", "Branch"]
 
@@ -149,16 +149,81 @@ def test_examples_validate_against_their_crd() -> None:
     examples = sorted((ROOT / "examples").glob("*.yaml"))
     assert examples, "examples/ has no directives"
     crds = {c["spec"]["names"]["kind"]: c for c in all_crds().values()}
+    models: dict[str, Any] = {"Directive": DirectiveSpec, "Agent": AgentResourceSpec}
+    kinds = set()
     for path in examples:
         for doc in yaml.safe_load_all(path.read_text()):
             if not doc or doc.get("kind") not in crds:
                 continue
             jsonschema.validate(doc, _schema(crds[doc["kind"]]))
-            DirectiveSpec.model_validate(doc["spec"])
+            models[doc["kind"]].model_validate(doc["spec"])
+            kinds.add(doc["kind"])
+    assert kinds == {"Directive", "Agent"}
 
 
-def test_cli_prints_both_crds() -> None:
+def test_cli_prints_every_crd() -> None:
     result = CliRunner().invoke(app, ["crds"])
     assert result.exit_code == 0, result.output
     docs = [d for d in yaml.safe_load_all(result.output) if d]
-    assert {d["metadata"]["name"] for d in docs} == {"directives.makima.dev", "directivesteps.makima.dev"}
+    assert {d["metadata"]["name"] for d in docs} == {
+        "agents.makima.dev",
+        "directives.makima.dev",
+        "directivesteps.makima.dev",
+    }
+
+
+def test_agent_crd_names_columns_and_no_status() -> None:
+    crd = agent_crd()
+    assert crd["metadata"]["name"] == "agents.makima.dev"
+    assert crd["spec"]["scope"] == "Namespaced"
+    assert crd["spec"]["names"]["kind"] == "Agent" and crd["spec"]["names"]["plural"] == "agents"
+    version = crd["spec"]["versions"][0]
+    # the operator only reads Agents: nothing to observe, so no status and no status subresource
+    assert "subresources" not in version
+    assert set(version["schema"]["openAPIV3Schema"]["properties"]) == {"apiVersion", "kind", "metadata", "spec"}
+    default = [(c["name"], c["jsonPath"]) for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert default == [
+        ("Profile", ".spec.profile"),
+        ("Image", ".spec.image"),
+        ("Concurrency", ".spec.maxConcurrentTasks"),
+        ("Age", ".metadata.creationTimestamp"),
+    ]
+
+
+def test_cel_rules_reach_the_schema_and_the_models_agree() -> None:
+    """Each CEL rule has a twin in the models (the sandbox checks no CEL): same input refused."""
+    spec = _schema(directive_crd())["properties"]["spec"]
+    (rule,) = spec["x-kubernetes-validations"]
+    assert "agentRef" in rule["rule"] and "exclude each other" in rule["message"]
+    good = {"title": "t", "goal": "g", "repository": {"url": "file:///tmp/r.git"}}
+    DirectiveSpec.model_validate({**good, "agentRef": {"name": "claude"}})
+    DirectiveSpec.model_validate({**good, "agentRef": {"name": "claude"}, "agent": {}})  # the server's default
+    with pytest.raises(ValueError, match="exclude each other"):
+        DirectiveSpec.model_validate({**good, "agentRef": {"name": "claude"}, "agent": {"profile": "codex"}})
+
+    agent = _schema(agent_crd())["properties"]["spec"]
+    assert "allowedNamespaces" in agent["x-kubernetes-validations"][0]["rule"]
+    assert agent["properties"]["secretRef"]["x-kubernetes-validations"][0]["message"].startswith("each environment")
+    with pytest.raises(ValueError, match="only entry"):
+        AgentResourceSpec.model_validate({"allowedNamespaces": ["team-a", "*"]})
+    keys = [{"key": "a", "env": "X"}, {"key": "b", "env": "X"}]
+    with pytest.raises(ValueError, match="one key only"):
+        AgentResourceSpec.model_validate({"secretRef": {"name": "llm", "keys": keys}})
+
+
+def test_agent_schema_refuses_bad_input_like_the_model() -> None:
+    schema = _schema(agent_crd())["properties"]["spec"]
+    good = {"profile": "claude-code", "maxConcurrentTasks": 2, "timeout": "30m", "allowedNamespaces": ["team-a"]}
+    jsonschema.validate(good, schema)
+    AgentResourceSpec.model_validate(good)
+    for bad in (
+        {"maxConcurrentTasks": 0},
+        {"profile": "gpt"},
+        {"timeout": "soon"},
+        {"allowedNamespaces": ["Team_A"]},
+        {"secretRef": {"name": "llm", "keys": [{"key": "k", "env": "1BAD"}]}},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+        with pytest.raises(ValueError):
+            AgentResourceSpec.model_validate(bad)

@@ -9,7 +9,7 @@ import kubernetes_validate
 import pytest
 
 from makima.control.executors.jobs import JobDefaults, build_job, job_outcome, token_secret
-from makima.core import naming
+from makima.core import agent_ref, naming
 from makima.core.models import Directive
 from makima.core.tasks import Task, TaskKind
 
@@ -120,6 +120,47 @@ def test_no_credentials_secret_means_no_git_token_env() -> None:
     job = build_job(_task(), _directive(repository=repo), STEP_OWNER, DEFAULTS)
     names = {e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert "MAKIMA_GIT_TOKEN" not in names and "MAKIMA_GIT_USERNAME" not in names
+
+
+def test_an_agents_settings_reach_the_job() -> None:
+    """A directive naming an Agent: the Job has the Agent's image, resources and key (an optional
+    Secret ref, so a missing key is the runner's clear message, not a pod stuck on its config),
+    and its deadline is the Agent's timeout when shorter."""
+    d = Directive.model_validate(
+        {
+            "metadata": {"name": "greeter", "namespace": "team-a", "uid": "d-uid"},
+            "spec": {
+                "title": "Greeter",
+                "goal": "Add a greeter",
+                "repository": {"url": "https://github.com/acme/app.git"},
+                "agentRef": {"name": "claude"},
+            },
+        }
+    )
+    body = {
+        "metadata": {"name": "claude", "namespace": "team-a"},
+        "spec": {
+            "profile": "claude-code",
+            "image": "registry.example/agent-claude:2",
+            "resources": {"limits": {"memory": "3Gi"}},
+            "secretRef": {"name": "anthropic"},
+            "timeout": "15m",
+        },
+    }
+    eff = agent_ref.effective(d, agent_ref.resolve(d, {("team-a", "claude"): body}), "claude-code")
+    job = build_job(_task(), eff, STEP_OWNER, DEFAULTS)
+    kubernetes_validate.validate(job, KUBE_VERSION, strict=True)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == "registry.example/agent-claude:2"
+    assert container["resources"] == {"limits": {"memory": "3Gi"}}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["ANTHROPIC_API_KEY"]["valueFrom"]["secretKeyRef"] == {
+        "name": "anthropic",
+        "key": "ANTHROPIC_API_KEY",
+        "optional": True,
+    }
+    assert job["spec"]["activeDeadlineSeconds"] == 15 * 60
+    assert job["metadata"]["namespace"] == "team-a", "task pods run in the directive's namespace"
 
 
 def test_same_inputs_same_manifest() -> None:

@@ -33,6 +33,7 @@ import asyncpg
 from pydantic import ValidationError
 
 from makima.control import metrics
+from makima.control.agents import AgentDirectory
 from makima.control.apply import ActionApplier, Applied
 from makima.control.dispatch import TaskDispatcher
 from makima.control.gauges import PhaseGauge
@@ -40,12 +41,16 @@ from makima.control.logs import directive_ids
 from makima.control.ports import DaemonRegistry, KubeGateway, TaskRecords
 from makima.control.resources import newest, phase_of, resource_version, step_view
 from makima.control.store.errors import IllegalTransition, StoreError, VersionConflict
+from makima.core.agents import DEFAULT_PROFILE
 from makima.core.models import Directive, DirectivePhase, DirectiveStatus, ExecutorKind, StepPhase
 from makima.core.reconcile import (
     Action,
+    CreatePlanningTask,
     DaemonView,
+    DispatchStep,
     ReconcileConfig,
     Snapshot,
+    StartCompletion,
     backoff,
     decide,
     reject_invalid,
@@ -137,6 +142,9 @@ class Controller:
         self._directive_gauge = PhaseGauge(metrics.DIRECTIVES_BY_PHASE, (p.value for p in DirectivePhase))
         self._step_gauge = PhaseGauge(metrics.STEPS_BY_PHASE, (p.value for p in StepPhase))
         self._timer_slots: asyncio.Semaphore | None = None
+        # The Agents (kopf index, bound by handlers.py) and each Agent's free slots.
+        defaults = getattr(dispatcher, "agent", None)  # test doubles of the dispatcher may have none
+        self.agents = AgentDirectory(store, defaults.profile if defaults is not None else DEFAULT_PROFILE)
 
     # ---- inputs: what kopf and the API tell the controller -----------------------------------
 
@@ -156,6 +164,7 @@ class Controller:
         self._written.pop(key, None)
         self._directive_gauge.count(key, [])
         self._step_gauge.count(key, [])
+        self.agents.forget(key)
 
     def step_seen(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
         """The watch delivered a step: our own write of it is no longer needed once the watch
@@ -181,6 +190,8 @@ class Controller:
         if not self.fast_path:
             return  # poll-only: the next timer run sees the report
         self.trigger_soon(key, "report")
+        for waiting in self.agents.freed_by(task):  # a slot of their Agent is free now
+            self.trigger_soon(waiting, "agent")
 
     async def job_finished(self, task_id: str, outcome: str, reason: str) -> None:
         """A Job ended or vanished: its token Secret goes now (the token is dead anyway), and the
@@ -280,14 +291,25 @@ class Controller:
         tasks = await self.store.tasks_for_directive(directive.metadata.uid)
         digest = (kube_view, frozenset((t.id, t.version) for t in tasks))
         active = any(t.state.active for t in tasks) or any((s.get("status") or {}).get("nextAttemptAt") for s in steps)
-        if only_if_changed and not active and digest == state.digest:
+        if only_if_changed and not active and digest == state.digest and not self.agents.waiting(key):
             self._settle(key, state, kube_view, active)
             return []
-        snapshot = Snapshot(directive=directive, steps=[step_view(s) for s in steps], tasks=tasks, daemons=daemons)
-        actions = decide(snapshot, self.clock(), self.config)
-        if actions:
-            log.info("%s/%s: %s", *key, ", ".join(type(a).__name__ for a in actions), extra=directive_ids(*key))
-        await self.apply(key, body, steps, actions, directive)
+        # The Agent's settings go where spec.agent is read; a limited Agent's lock is held
+        # from counting its active tasks to the last task launched.
+        async with self.agents.resolved(key, directive) as (directive, agent):
+            snapshot = Snapshot(
+                directive=directive,
+                steps=[step_view(s) for s in steps],
+                tasks=list(tasks),
+                daemons=daemons,
+                agent=agent,
+            )
+            actions = decide(snapshot, self.clock(), self.config)
+            if actions:
+                log.info("%s/%s: %s", *key, ", ".join(type(a).__name__ for a in actions), extra=directive_ids(*key))
+            await self.apply(key, body, steps, actions, directive)
+        started = sum(isinstance(a, DispatchStep | CreatePlanningTask | StartCompletion) for a in actions)
+        self.agents.settle(key, agent, started, phase_of(self.directives.get(key) or body, ""))
         if not actions and state.report_at == report_seen:
             state.report_at = None  # nothing follows from that report: a later dispatch is no hand-off
         state.digest = digest if not actions else None
@@ -390,7 +412,7 @@ class Controller:
         body = self.directives.get(key)
         if state is None or state.quiet is None or body is None:
             return False
-        if state.quiet_ticks >= state.quiet_limit:
+        if state.quiet_ticks >= state.quiet_limit or self.agents.waiting(key):
             return False
         if state.expires_at is not None and self.clock() >= state.expires_at:
             return False

@@ -20,7 +20,7 @@ from makima.control.ports import DaemonRegistry, KubeGateway, TaskRecords
 from makima.control.resources import directive_owner
 from makima.control.store.errors import IllegalTransition, VersionConflict
 from makima.control.store.tokens import hash_token, new_token
-from makima.core import naming
+from makima.core import agent_ref, naming
 from makima.core.agents import DEFAULT_PROFILE
 from makima.core.models import Agent, Directive, parse_duration
 from makima.core.protocol import AgentSettings, CompletionPlan, TaskSpec, WorkspacePlan
@@ -81,7 +81,8 @@ class TaskDispatcher:
     def _agent(self, directive: Directive) -> AgentSettings:
         spec = directive.spec
         timeout = parse_duration(spec.execution.step_timeout).total_seconds()
-        return agent_settings(spec.agent, self.agent, timeout)
+        settings = agent_settings(spec.agent, self.agent, timeout)
+        return settings.model_copy(update={"agent_ref": agent_ref.in_use(directive)})  # counted per Agent
 
     def _spec(
         self,

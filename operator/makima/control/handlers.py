@@ -27,6 +27,7 @@ from makima.core.models import GROUP, VERSION
 
 DIRECTIVES = (GROUP, VERSION, "directives")
 STEPS = (GROUP, VERSION, "directivesteps")
+AGENTS = (GROUP, VERSION, "agents")
 
 
 def register(
@@ -43,15 +44,34 @@ def register(
     def steps_by_directive(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels.get(naming.LABEL_DIRECTIVE, "")): _plain(body)}
 
-    def _bind(steps_by_directive: kopf.Index[Any, Any]) -> None:
+    # Agents by (namespace, name): read by the reconcile (agent_ref), never fetched per directive.
+    @kopf.index(*AGENTS, id="agents_by_name", registry=registry)
+    def agents_by_name(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): _plain(body)}
+
+    def _bind(steps_by_directive: kopf.Index[Any, Any], agents_by_name: kopf.Index[Any, Any]) -> None:
         controller.steps_source = lambda key: steps_by_directive.get(key, [])
         controller.steps_index = steps_by_directive
+        controller.agents.lookup = lambda key: next(iter(agents_by_name.get(key, [])), None)
+
+    @kopf.on.event(*AGENTS, id="agent_event", registry=registry)
+    async def agent_event(
+        body: kopf.Body, steps_by_directive: kopf.Index[Any, Any], agents_by_name: kopf.Index[Any, Any], **_: Any
+    ) -> None:
+        _bind(steps_by_directive, agents_by_name)
+        if fast_path:  # the directives using it (or waiting for it) see the change now
+            for key in controller.agents.users_of((body.metadata.namespace or "", body.metadata.name or "")):
+                controller.trigger_soon(key, "agent")
 
     @kopf.on.event(*DIRECTIVES, id="directive_event", registry=registry)
     async def directive_event(
-        type: str | None, body: kopf.Body, steps_by_directive: kopf.Index[Any, Any], **_: Any
+        type: str | None,
+        body: kopf.Body,
+        steps_by_directive: kopf.Index[Any, Any],
+        agents_by_name: kopf.Index[Any, Any],
+        **_: Any,
     ) -> None:
-        _bind(steps_by_directive)
+        _bind(steps_by_directive, agents_by_name)
         key = (body.metadata.namespace or "", body.metadata.name or "")
         if type == "DELETED":
             controller.forget_directive(key)
@@ -75,8 +95,14 @@ def register(
                 await job
 
     @kopf.on.event(*STEPS, id="step_event", registry=registry)
-    async def step_event(type: str | None, body: kopf.Body, steps_by_directive: kopf.Index[Any, Any], **_: Any) -> None:
-        _bind(steps_by_directive)
+    async def step_event(
+        type: str | None,
+        body: kopf.Body,
+        steps_by_directive: kopf.Index[Any, Any],
+        agents_by_name: kopf.Index[Any, Any],
+        **_: Any,
+    ) -> None:
+        _bind(steps_by_directive, agents_by_name)
         controller.step_seen(body, deleted=type == "DELETED")
         if fast_path and type != "DELETED":
             directive = body.get("spec", {}).get("directive")

@@ -236,12 +236,22 @@ USER_RULES: list[tuple[str, str, tuple[str, ...]]] = [
     # the steps: a step's status is the operator's record); `makima demo --cluster` replaces the example
     ("makima.dev", "directives", ("get", "list", "watch", "patch", "create", "delete")),
     ("makima.dev", "directivesteps", ("get", "list", "watch")),  # watch: `makima dashboard`
+    # read the Agents a directive may name (`kubectl get agents`); writing them is the platform team's
+    ("makima.dev", "agents", ("get", "list", "watch")),
     ("", "events", ("list",)),  # describe
 ]
 # Cluster-scoped, so not part of the chart's aggregated user role: `makima demo --cluster`
 # checks that the CRDs are installed (cluster admins and developers have it anyway).
 DEMO_CLUSTER_RULES: list[tuple[str, str, tuple[str, ...]]] = [
     ("apiextensions.k8s.io", "customresourcedefinitions", ("get",)),
+]
+
+# The platform team's: define Agents (profile, image, the Secret with the model key, concurrency).
+# A ClusterRole of the chart aggregated into nothing: a cluster admin binds it (a ClusterRoleBinding
+# for every namespace, a RoleBinding for one), because an Agent decides which key and image the
+# tasks of every directive using it run with.
+AGENT_ADMIN_RULES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("makima.dev", "agents", ("get", "list", "watch", "create", "update", "patch", "delete")),
 ]
 
 RETRYABLE_STEP_PHASES = ("Failed", "Skipped")

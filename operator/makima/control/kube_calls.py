@@ -16,6 +16,8 @@ OPERATOR_RULES: list[tuple[str, str, tuple[str, ...]]] = [
     ("makima.dev", "directives/status", ("patch",)),
     ("makima.dev", "directivesteps", ("list", "watch", "create")),
     ("makima.dev", "directivesteps/status", ("patch",)),
+    # kopf indexes the Agents (the platform team's; the operator only reads them)
+    ("makima.dev", "agents", ("list", "watch")),
     # Job executor: one Job and one token Secret per task (created, deleted when the task ends);
     # kopf watches the Jobs. No `get`/`list` on Secrets here: see NAMED_RULES and
     # DAEMON_CREDENTIALS_RULES.

@@ -227,7 +227,8 @@ def preflight(req: Requirements, env: Mapping[str, str], *, which: Any, euid: in
         names = " or ".join(req.key_env)
         return (
             f"agent {req.name}: no model key: set {names} "
-            "(spec.agent.env with a secretKeyRef, or the daemon's environment)"
+            "(the Agent's secretRef, with its Secret in the directive's namespace; spec.agent.env with a "
+            "secretKeyRef; or the daemon's environment)"
         )
     if req.refuses_root and euid == 0:
         return f"agent {req.name}: refuses to run as root ({req.refuses_root}); run tasks as a non-root user"

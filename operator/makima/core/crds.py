@@ -14,7 +14,15 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from makima.core.models import GROUP, VERSION, DirectiveSpec, DirectiveStatus, DirectiveStepSpec, DirectiveStepStatus
+from makima.core.models import (
+    GROUP,
+    VERSION,
+    AgentResourceSpec,
+    DirectiveSpec,
+    DirectiveStatus,
+    DirectiveStepSpec,
+    DirectiveStepStatus,
+)
 
 # Keys of JSON Schema that OpenAPI v3 (as the API server accepts it) carries over.
 _KEEP = {
@@ -34,6 +42,7 @@ _KEEP = {
     "maxItems",
     "minProperties",
     "maxProperties",
+    "x-kubernetes-validations",  # CEL rules (a model's json_schema_extra)
 }
 
 
@@ -122,21 +131,32 @@ def _crd(
     plural: str,
     short: str,
     spec: type[BaseModel],
-    status: type[BaseModel],
+    status: type[BaseModel] | None,
     columns: list[dict[str, Any]],
     description: str,
     max_name_length: int | None = None,
 ) -> dict[str, Any]:
+    """A CRD of one served version; without `status`, no status field and no status subresource."""
     metadata: dict[str, Any] = {"type": "object"}
     if max_name_length is not None:
         # The only metadata restriction a CRD may make (besides generateName).
         metadata["properties"] = {"name": {"type": "string", "maxLength": max_name_length}}
-    status_schema = _list_maps(openapi_schema(status))
-    # The operator owns status; defaults there would make the server write it on create.
-    _strip_defaults(status_schema)
     spec_schema = openapi_schema(spec)
     spec_schema.setdefault("description", f"What the {kind} should be (written by people or the operator).")
-    status_schema.setdefault("description", f"What the operator observed about the {kind} (read-only).")
+    properties: dict[str, Any] = {
+        "apiVersion": {"type": "string", "description": _API_VERSION_TEXT},
+        "kind": {"type": "string", "description": _KIND_TEXT},
+        # the API server refuses anything else here (it documents ObjectMeta
+        # itself) but a restriction of metadata.name / generateName
+        "metadata": metadata,
+        "spec": spec_schema,
+    }
+    if status is not None:
+        status_schema = _list_maps(openapi_schema(status))
+        # The operator owns status; defaults there would make the server write it on create.
+        _strip_defaults(status_schema)
+        status_schema.setdefault("description", f"What the operator observed about the {kind} (read-only).")
+        properties["status"] = status_schema
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -157,22 +177,14 @@ def _crd(
                     "name": VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    **({"subresources": {"status": {}}} if status is not None else {}),
                     "additionalPrinterColumns": columns,
                     "schema": {
                         "openAPIV3Schema": {
                             "type": "object",
                             "description": description,
                             "required": ["spec"],
-                            "properties": {
-                                "apiVersion": {"type": "string", "description": _API_VERSION_TEXT},
-                                "kind": {"type": "string", "description": _KIND_TEXT},
-                                # the API server refuses anything else here (it documents ObjectMeta
-                                # itself) but a restriction of metadata.name / generateName
-                                "metadata": metadata,
-                                "spec": spec_schema,
-                                "status": status_schema,
-                            },
+                            "properties": properties,
                         }
                     },
                 }
@@ -213,6 +225,7 @@ def directive_crd() -> dict[str, Any]:
             # `kubectl get -o wide` adds these (priority 1)
             {"name": "Title", "type": "string", "jsonPath": ".spec.title", "priority": 1},
             {"name": "Mode", "type": "string", "jsonPath": ".spec.execution.mode", "priority": 1},
+            {"name": "Agent", "type": "string", "jsonPath": ".spec.agentRef.name", "priority": 1},
             {"name": "Plan", "type": "integer", "jsonPath": ".status.planGeneration", "priority": 1},
             {"name": "Started", "type": "date", "jsonPath": ".status.startedAt", "priority": 1},
             {"name": "Completed", "type": "date", "jsonPath": ".status.completedAt", "priority": 1},
@@ -244,9 +257,30 @@ def directive_step_crd() -> dict[str, Any]:
     )
 
 
+def agent_crd() -> dict[str, Any]:
+    return _crd(
+        "Agent",
+        "agents",
+        "ag",
+        AgentResourceSpec,
+        None,  # nothing to observe: the operator only reads Agents
+        [
+            {"name": "Profile", "type": "string", "jsonPath": ".spec.profile"},
+            {"name": "Image", "type": "string", "jsonPath": ".spec.image"},
+            {"name": "Concurrency", "type": "integer", "jsonPath": ".spec.maxConcurrentTasks"},
+            _AGE,
+            {"name": "Secret", "type": "string", "jsonPath": ".spec.secretRef.name", "priority": 1},
+            {"name": "Timeout", "type": "string", "jsonPath": ".spec.timeout", "priority": 1},
+        ],
+        "A coding agent the platform team defines: profile, image, resources, the Secret with the model key, "
+        "concurrency. Directives name it with spec.agentRef; the one named `default` applies to its namespace.",
+    )
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD manifest."""
     return {
+        "makima.dev_agents.yaml": agent_crd(),
         "makima.dev_directives.yaml": directive_crd(),
         "makima.dev_directivesteps.yaml": directive_step_crd(),
     }
@@ -380,7 +414,7 @@ def _crd_reference(crd: dict[str, Any]) -> list[str]:
         "",
         f"- API: `{spec['group']}/{version['name']}`, {spec['scope'].lower()}, "
         f"plural `{names['plural']}`, short name `{', '.join(names.get('shortNames', []))}`",
-        f"- status subresource: {'yes' if 'status' in version.get('subresources', {}) else 'no'}",
+        f"- status subresource: {'yes' if 'status' in version.get('subresources', {}) else 'no (no status)'}",
         f"- `kubectl get {names['plural']}` columns: {columns}",
         "",
     ]
@@ -389,8 +423,25 @@ def _crd_reference(crd: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for part in ("spec", "status"):
+        if part not in schema["properties"]:
+            continue
         lines += [f"### {names['kind']}.{part}", "", *header, *_field_rows(schema["properties"][part], part), ""]
+    rules = list(_rules(schema["properties"]["spec"], "spec"))
+    if rules:
+        lines += [f"Checked at admission (CEL rules of {names['kind']}):", ""]
+        lines += [f"- `{path}`: {rule['message']} (`{rule['rule']}`)" for path, rule in rules]
+        lines.append("")
     return lines
+
+
+def _rules(node: dict[str, Any], path: str) -> Any:
+    """(path, rule) for every CEL rule in a schema, outermost first."""
+    for rule in node.get("x-kubernetes-validations", []):
+        yield path, rule
+    for name, sub in node.get("properties", {}).items():
+        yield from _rules(sub, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _rules(node["items"], f"{path}[]")
 
 
 def reference_markdown() -> str:

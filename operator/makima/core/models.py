@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from makima.core.agents import ProfileName
@@ -141,6 +141,9 @@ class Condition(Wire):
 class SecretKeyRef(Wire):
     name: DnsLabel = Field(description="Secret in the directive's namespace.")
     key: str = Field(min_length=1, max_length=253, description="Key in that Secret.")
+    optional: bool | None = Field(
+        default=None, description="Start the pod even when the Secret or key is missing (the variable is unset)."
+    )
 
 
 class EnvVar(Wire):
@@ -217,6 +220,11 @@ class Agent(Wire):
     )
     resources: ResourceRequirements | None = Field(default=None, description="Resources of the agent's Job pod.")
 
+    @property
+    def is_set(self) -> bool:
+        """Whether any field is given (an empty `agent: {}` is the API server's default)."""
+        return bool(self.profile or self.image or self.command or self.env or self.resources)
+
 
 class Execution(Wire):
     mode: ExecutionMode = Field(
@@ -259,13 +267,161 @@ class UsageSummary(Wire):
     tasks: int = Field(default=0, ge=0, description="Tasks whose agents reported usage.")
 
 
+# ---- the Agent resource: a coding agent the platform team defines (issue 19) ------------------
+
+DEFAULT_AGENT = "default"  # the Agent of this name applies to its namespace's directives that name none
+ANY_NAMESPACE = "*"
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+SECRET_KEY_PATTERN = r"^[-._a-zA-Z0-9]+$"
+AllowedNamespace = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")]
+
+
+class AgentRef(Wire):
+    """Which Agent a directive's tasks run with."""
+
+    name: DnsLabel = Field(description="Name of the Agent.")
+    namespace: DnsLabel | None = Field(
+        default=None,
+        description=(
+            "Namespace of the Agent; the directive's own when unset. An Agent of another namespace must list "
+            "the directive's namespace in its spec.allowedNamespaces."
+        ),
+    )
+
+
+class AgentSecretKey(Wire):
+    key: str = Field(min_length=1, max_length=253, pattern=SECRET_KEY_PATTERN, description="Key in the Secret.")
+    env: str = Field(
+        min_length=1, max_length=256, pattern=ENV_NAME_PATTERN, description="Environment variable it becomes."
+    )
+
+
+# CEL rules, checked by the API server at admission (the models check the same, for the sandbox).
+_UNIQUE_ENV_RULE = "!has(self.keys) || self.keys.all(a, self.keys.exists_one(b, b.env == a.env))"
+_LONE_WILDCARD_RULE = f"!self.allowedNamespaces.exists(n, n == '{ANY_NAMESPACE}') || size(self.allowedNamespaces) == 1"
+_INLINE_AGENT_SET = (
+    "has(self.agent.profile) || has(self.agent.image) || has(self.agent.command) || "
+    "has(self.agent.resources) || (has(self.agent.env) && size(self.agent.env) > 0)"
+)
+_EXCLUSIVE_AGENT_RULE = f"!has(self.agentRef) || !has(self.agent) || !({_INLINE_AGENT_SET})"
+EXCLUSIVE_AGENT_MESSAGE = (
+    "spec.agentRef and spec.agent exclude each other: name an Agent, or describe the agent inline (tests, demos)"
+)
+
+
+class AgentSecretRef(Wire):
+    """The Secret with the model key, read by the task's pod (so: in the directive's namespace)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": _UNIQUE_ENV_RULE, "message": "each environment variable may come from one key only"}
+            ]
+        }
+    )
+
+    name: DnsLabel = Field(description="Name of the Secret, looked up in the namespace the task's pod runs in.")
+    keys: list[AgentSecretKey] = Field(
+        default_factory=list,
+        max_length=16,
+        description=(
+            "Keys of the Secret and the variables they become. Empty: each key variable of the profile "
+            "(e.g. ANTHROPIC_API_KEY) from the key of the same name."
+        ),
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _unique_env(cls, value: list[AgentSecretKey]) -> list[AgentSecretKey]:
+        names = [k.env for k in value]
+        if len(set(names)) != len(names):
+            raise ValueError("each environment variable may come from one key only")
+        return value
+
+
+class AgentResourceSpec(Wire):
+    """What the Agent is: written by the platform team; the operator only reads it."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!has(self.allowedNamespaces) || ({_LONE_WILDCARD_RULE})",
+                    "message": f"'{ANY_NAMESPACE}' (every namespace) must be the only entry of allowedNamespaces",
+                }
+            ]
+        }
+    )
+
+    profile: ProfileName | None = Field(
+        default=None,
+        description=(
+            "Coding agent CLI: claude-code, codex, gemini, opencode, aider or scripted; the operator's default "
+            "when unset. Picks the command, the key variables and the image with the CLI."
+        ),
+    )
+    image: str | None = Field(
+        default=None, max_length=1024, description="Image of the task pods; the operator's image for the profile."
+    )
+    command: list[str] | None = Field(
+        default=None, max_length=64, description="Replaces the profile's command; the prompt arrives on stdin."
+    )
+    resources: ResourceRequirements | None = Field(default=None, description="Resources of the task pods.")
+    secret_ref: AgentSecretRef | None = Field(
+        default=None, description="The Secret holding the model key, as environment variables of the agent."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=128, description="Extra environment for the agent (values or Secret refs)."
+    )
+    max_concurrent_tasks: int | None = Field(
+        default=None,
+        ge=1,
+        le=10_000,
+        description="Tasks of this Agent running at once, over every directive using it; unlimited when unset.",
+    )
+    timeout: Duration | None = Field(
+        default=None, description='Longest a task may run, e.g. "30m": caps the directives\' stepTimeout.'
+    )
+    allowed_namespaces: list[AllowedNamespace] = Field(
+        default_factory=list,
+        max_length=256,
+        description=(
+            f"Namespaces besides its own whose directives may use this Agent; '{ANY_NAMESPACE}' for every one. "
+            "Their task pods run in their own namespace, so the Secret of secretRef must exist there too."
+        ),
+    )
+
+    @field_validator("allowed_namespaces")
+    @classmethod
+    def _lone_wildcard(cls, value: list[str]) -> list[str]:
+        if ANY_NAMESPACE in value and len(value) > 1:
+            raise ValueError(f"'{ANY_NAMESPACE}' (every namespace) must be the only entry of allowedNamespaces")
+        return value
+
+
 class DirectiveSpec(Wire):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [{"rule": _EXCLUSIVE_AGENT_RULE, "message": EXCLUSIVE_AGENT_MESSAGE}]
+        }
+    )
+
     title: Title = Field(description="Short name, used as the pull request's title.")
     goal: str = Field(
         min_length=1, max_length=MAX_GOAL, description="What should be true when done; editing it re-plans."
     )
     repository: Repository = Field(description="The git repository to work on.")
-    agent: Agent = Field(default_factory=Agent, description="The coding agent; defaults from the operator.")
+    agent_ref: AgentRef | None = Field(
+        default=None,
+        description=(
+            "The Agent its tasks run with. Unset: the Agent named `default` in the directive's namespace, "
+            "else the operator's defaults (or spec.agent)."
+        ),
+    )
+    agent: Agent = Field(
+        default_factory=Agent,
+        description="The coding agent inline (tests, demos); excludes agentRef. Defaults from the operator.",
+    )
     execution: Execution = Field(default_factory=Execution, description="Routing, parallelism, timeouts, retries.")
     paused: bool = Field(default=False, description="Stop dispatching new tasks; running ones finish.")
     pull_request: PullRequest = Field(default_factory=PullRequest, description="Pull request settings.")
@@ -284,6 +440,12 @@ class DirectiveSpec(Wire):
     @classmethod
     def _goal_not_blank(cls, value: str) -> str:
         return _non_blank(value)
+
+    @model_validator(mode="after")
+    def _one_agent(self) -> DirectiveSpec:
+        if self.agent_ref is not None and self.agent.is_set:
+            raise ValueError(EXCLUSIVE_AGENT_MESSAGE)
+        return self
 
 
 class StepCounts(Wire):
@@ -350,6 +512,17 @@ class Directive(Wire):
     metadata: ObjectMeta
     spec: DirectiveSpec
     status: DirectiveStatus = Field(default_factory=DirectiveStatus)
+
+
+class AgentResource(Wire):
+    """An `Agent` object (kind Agent; `AgentResource` here, beside the inline `Agent` settings)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: str = API_VERSION
+    kind: str = "Agent"
+    metadata: ObjectMeta
+    spec: AgentResourceSpec = Field(default_factory=AgentResourceSpec)
 
 
 # ---- DirectiveStep -----------------------------------------------------------------------

@@ -51,6 +51,9 @@ class AgentSettings(Msg):
     image_target: str | None = Field(default=None, description="Dockerfile target of the image with the CLI.")
     package: str | None = Field(default=None, description="Registry package of the CLI (name@version).")
     usage_format: UsageFormat | None = Field(default=None, description="How to read usage from its output.")
+    agent_ref: str | None = Field(
+        default=None, description="namespace/name of the Agent resource these settings came from (None: inline)."
+    )
 
     @classmethod
     def from_profile(

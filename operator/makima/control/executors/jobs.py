@@ -76,7 +76,9 @@ def _env(task: Task, directive: Directive, defaults: JobDefaults) -> list[dict[s
             env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
     for item in directive.spec.agent.env:
         if item.secret_key_ref is not None:
-            sref = {"name": item.secret_key_ref.name, "key": item.secret_key_ref.key}
+            sref: dict[str, Any] = {"name": item.secret_key_ref.name, "key": item.secret_key_ref.key}
+            if item.secret_key_ref.optional is not None:
+                sref["optional"] = item.secret_key_ref.optional
             env.append({"name": item.name, "valueFrom": {"secretKeyRef": sref}})
         else:
             env.append({"name": item.name, "value": item.value or ""})

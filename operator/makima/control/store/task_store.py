@@ -477,6 +477,19 @@ class TaskStore:
         )
         return [_task(r) for r in rows]
 
+    async def active_tasks_of_agent(self, agent_ref: str) -> int:
+        """Active tasks dispatched with the Agent `agent_ref` ("namespace/name"), over every
+        directive: what an Agent's maxConcurrentTasks limits. A pending row counts once its
+        spec is written (before its launch). Scans only active rows (the partial index)."""
+        count = await self._run(
+            lambda c: c.fetchval(
+                "SELECT count(*) FROM tasks WHERE state = ANY($1::text[]) AND spec->'agent'->>'agent_ref' = $2",
+                _ACTIVE,
+                agent_ref,
+            )
+        )
+        return int(count or 0)
+
     async def expired_tasks(self, now: datetime, heartbeat_timeout: timedelta | float) -> list[Task]:
         """Active tasks past their deadline, or dispatched/running with no sign of life
         (heartbeat, else creation) within `heartbeat_timeout`. Pending tasks expire only by deadline.

@@ -20,7 +20,8 @@ from makima.core.reconcile.workspace import step_task
 @dataclass(frozen=True)
 class Dispatched:
     steps: Steps  # a dispatched step is Running with no mark: its DispatchStep says it
-    waiting_for_daemon: bool = False  # a step could start but no daemon has a free slot
+    waiting_for_daemon: bool = False  # a step could start but no daemon (or Agent slot) is free
+    waiting_for: str = "a daemon"  # what it waits for, in words
 
 
 def dispatch(facts: Facts, steps: Steps, planning: Planning) -> Stage[Dispatched]:
@@ -36,7 +37,8 @@ def dispatch(facts: Facts, steps: Steps, planning: Planning) -> Stage[Dispatched
             break
         route, router = router.pick()
         if route is None:
-            return Stage(Dispatched(out, waiting_for_daemon=True), tuple(actions), tuple(events))
+            waiting = Dispatched(out, waiting_for_daemon=True, waiting_for=router.waiting_for(facts.agent))
+            return Stage(waiting, tuple(actions), tuple(events))
         actions.append(step_task(facts, step, steps, attempt, route))
         out[step.name] = replace(step, phase=StepPhase.RUNNING, attempts=attempt, mark=None)
         running += 1

@@ -8,10 +8,11 @@ from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from makima.core import dag, naming, usage
+from makima.core.agent_ref import AgentGate
 from makima.core.models import Directive, DirectiveSpec, PullRequestStatus, StepPhase, UsageSummary, parse_duration
 from makima.core.reconcile.actions import Action, EmitEvent, Route
 from makima.core.reconcile.inputs import DaemonView, ReconcileConfig, Snapshot, StepView
-from makima.core.reconcile.routing import Router, choose_route
+from makima.core.reconcile.routing import Router
 from makima.core.tasks import Task, TaskKind, TaskState
 
 State = TypeVar("State")
@@ -48,6 +49,7 @@ class Facts:
     pull_request: PullRequestStatus | None  # from the latest succeeded completion, else the status
     spent: UsageSummary | None  # agent usage of every task so far
     over_budget: str | None  # why no new task may start (running ones finish), or None
+    agent: AgentGate  # how many tasks the directive's Agent lets start now
 
     @property
     def spec(self) -> DirectiveSpec:
@@ -63,12 +65,17 @@ class Facts:
 
     def router(self) -> Router:
         execution = self.spec.execution
-        return Router(execution.mode, execution.daemon_selector, self.daemons)
+        return Router(execution.mode, execution.daemon_selector, self.daemons, slots=self.agent.slots)
 
     def route(self) -> Route | None:
-        """Where the one task of a planning or completion stage goes."""
-        execution = self.spec.execution
-        return choose_route(execution.mode, execution.daemon_selector, self.daemons)
+        """Where the one task of a planning or completion stage goes (None: it waits)."""
+        route, _ = self.router().pick()
+        return route
+
+    @property
+    def waiting_for(self) -> str:
+        """What a task that could not start waits for: the Agent's slot, or a daemon."""
+        return self.router().waiting_for(self.agent)
 
 
 def gather(snapshot: Snapshot, now: datetime, config: ReconcileConfig) -> Facts:
@@ -100,6 +107,7 @@ def gather(snapshot: Snapshot, now: datetime, config: ReconcileConfig) -> Facts:
         pull_request=_pull_request(directive, completion_tasks),
         spent=spent,
         over_budget=usage.over_budget(directive.spec.budget, spent),
+        agent=snapshot.agent,
     )
 
 

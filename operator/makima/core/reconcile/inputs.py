@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from makima.core.agent_ref import AgentGate
 from makima.core.models import Directive, DirectiveStepSpec, DirectiveStepStatus
 from makima.core.tasks import Task
 
@@ -41,9 +42,11 @@ class ReconcileConfig:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What decide() sees. `tasks`: every task of this directive (all kinds, attempts)."""
+    """What decide() sees. `tasks`: every task of this directive (all kinds, attempts);
+    `agent`: how many tasks its Agent lets it start now (agent_ref.gate)."""
 
     directive: Directive
     steps: Sequence[StepView]
     tasks: Sequence[Task]
     daemons: Sequence[DaemonView] = ()
+    agent: AgentGate = field(default_factory=AgentGate)

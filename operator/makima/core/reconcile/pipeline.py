@@ -30,10 +30,14 @@ def decide(snapshot: Snapshot, now: datetime, config: ReconcileConfig | None = N
     dispatched = dispatch(facts, ready(skipped.state), planning.state)
     steps = dispatched.state.steps
     completion = complete(facts, steps, planning.state)
-    waiting_for_daemon = (
-        planning.state.waiting_for_daemon or dispatched.state.waiting_for_daemon or completion.state.waiting_for_daemon
+    waiting_for = (
+        dispatched.state.waiting_for
+        if dispatched.state.waiting_for_daemon
+        else facts.waiting_for
+        if planning.state.waiting_for_daemon or completion.state.waiting_for_daemon
+        else None
     )
-    status = directive_status(facts, steps, planning.state, completion.state, waiting_for_daemon)
+    status = directive_status(facts, steps, planning.state, completion.state, waiting_for)
     # A created planning task comes after the status naming it and the goal hash it plans
     # (stored nowhere else): should the shell die in between, the next decide() creates the row.
     status_first = planning.state.created is not None

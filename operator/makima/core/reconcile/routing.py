@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
+from makima.core.agent_ref import AgentGate
 from makima.core.models import ExecutionMode
 from makima.core.reconcile.actions import Route
 from makima.core.reconcile.inputs import DaemonView
@@ -56,14 +57,25 @@ class Router:
     selector: Mapping[str, str] | None
     daemons: tuple[DaemonView, ...]
     taken: Mapping[str, int] = field(default_factory=dict)
+    slots: int | None = None  # tasks the directive's Agent still lets start (None: no limit)
 
     def pick(self) -> tuple[Route | None, Router]:
-        """The route of the next task, and the router with its slot taken."""
+        """The route of the next task, and the router with its slots taken."""
+        if self.slots is not None and self.slots <= 0:
+            return None, self
         route = choose_route(self.mode, self.selector, self.daemons, self.taken)
-        if route is None or route.daemon_id is None:
+        if route is None:
             return route, self
-        taken = {**self.taken, route.daemon_id: self.taken.get(route.daemon_id, 0) + 1}
-        return route, Router(self.mode, self.selector, self.daemons, taken)
+        slots = self.slots - 1 if self.slots is not None else None
+        taken = dict(self.taken)
+        if route.daemon_id is not None:
+            taken[route.daemon_id] = taken.get(route.daemon_id, 0) + 1
+        return route, Router(self.mode, self.selector, self.daemons, taken, slots)
+
+
+    def waiting_for(self, agent: AgentGate) -> str:
+        """Why pick() gave no route: the Agent's slots are used up, or no daemon is free."""
+        return agent.waiting_for if self.slots is not None and self.slots <= 0 else "a daemon"
 
 
 def route_text(route: Route) -> str:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from makima.core import naming, usage
+from makima.core import agent_ref, naming, usage
 from makima.core.models import (
     Condition,
     ConditionStatus,
@@ -45,15 +45,15 @@ class Headline:
 
 
 def directive_status(
-    facts: Facts, steps: Steps, planning: Planning, completion: Completion, waiting_for_daemon: bool
+    facts: Facts, steps: Steps, planning: Planning, completion: Completion, waiting_for: str | None
 ) -> Stage[DirectiveStatus]:
     """The new status (SetDirectiveStatus only when it differs), the BudgetExceeded event when
     the budget is newly reached, and one event when the directive completes or fails."""
     current = facts.directive.status
     counts = step_counts([s.phase for s in steps.values()] + [StepPhase.PENDING] * len(planning.new_steps))
-    note = "; waiting for a daemon" if waiting_for_daemon else ""
+    note = f"; waiting for {waiting_for}" if waiting_for else ""
     head = (
-        _planning_headline(facts.paused, planning)
+        _planning_headline(facts.paused, planning, facts.waiting_for)
         or _no_plan_headline(counts, note)
         or _completion_headline(completion, facts.pull_request, counts, note)
         or _steps_headline(steps, counts, note)
@@ -76,7 +76,10 @@ def directive_status(
         retry_handled=facts.directive.metadata.annotations.get(naming.RETRY_ANNOTATION) or current.retry_handled,
     )
     status = _with_budget(facts, status, completion.running)
-    events = (*_budget_events(facts), *outcome_events(current, status, pr_reason))
+    generation = facts.directive.metadata.generation
+    status, agent_said = agent_ref.with_condition(status, current, facts.agent, generation, facts.now)
+    agent_events = tuple(EmitEvent(*said) for said in agent_said)
+    events = (*_budget_events(facts), *agent_events, *outcome_events(current, status, pr_reason))
     return Stage(status, (SetDirectiveStatus(status),) if status != current else (), events)
 
 
@@ -103,7 +106,7 @@ def progress_text(counts: StepCounts) -> str:
 # ---- phase and message ----------------------------------------------------------------------------
 
 
-def _planning_headline(paused: bool, planning: Planning) -> Headline | None:
+def _planning_headline(paused: bool, planning: Planning, waiting_for: str) -> Headline | None:
     failed = planning.failed_message
     if paused:
         return Headline(DirectivePhase.PAUSED, "paused" + (f": {failed}" if failed else ""))
@@ -111,7 +114,7 @@ def _planning_headline(paused: bool, planning: Planning) -> Headline | None:
         if planning.retry_message:
             message = planning.retry_message
         elif planning.waiting_for_daemon and not planning.active:
-            message = f"waiting for a daemon to run the planning task (generation {planning.generation or 1})"
+            message = f"waiting for {waiting_for} to run the planning task (generation {planning.generation or 1})"
         else:
             message = f"planning generation {planning.generation}"
         return Headline(DirectivePhase.PLANNING, message)
