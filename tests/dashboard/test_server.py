@@ -137,7 +137,8 @@ async def test_makima_demo_keep_prints_a_dashboard_command_that_works(pg_dsn: st
 
     from rich.console import Console
 
-    from makima.cli.demo import DemoOptions, run_demo
+    from makima.cli.demo.options import DemoOptions
+    from makima.cli.demo.run import run_demo
     from tests.integration.test_demo import _exported
 
     out = io.StringIO()

@@ -13,9 +13,10 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from makima.cli.demo.stack import free_port
 from makima.control import metrics
 
-from .conftest import Api, OperatorFactory, free_port, scripted
+from .conftest import Api, OperatorFactory, scripted
 
 SERIES = {
     "makima_reconcile_duration_seconds": "histogram",

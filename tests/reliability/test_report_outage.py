@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from makima.cli.demo.stack import free_port
 from makima.control.store import TaskStore
-from tests.integration.conftest import Api, OperatorFactory, free_port, scripted
+from tests.integration.conftest import Api, OperatorFactory, scripted
 
 from .proxy import CutProxy
 
