@@ -173,7 +173,8 @@ async def start_operator(
         values: dict[str, Any] = {"tick_seconds": 15.0, "retry_base_seconds": 0.2, "retry_max_seconds": 1.0}
         if cluster.watch:
             values["namespaces"] = cluster.watch
-        settings = operator_settings(pg_dsn, tmp_path / "state", **{**values, **overrides})
+        values.update(overrides)
+        settings = operator_settings(values.pop("database_url", pg_dsn), tmp_path / "state", **values)
         operator = await stack.start_operator(settings, cluster.kubeconfig, ready_timeout=LOADED)
         running.append(operator)
         return operator.parts
