@@ -194,7 +194,7 @@ async def start_operator(
         done, _ = await asyncio.wait({waiter, task}, timeout=ready_timeout, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             exc = None if task.cancelled() else task.exception()
-            raise StackError(f"the operator stopped during start-up: {exc}" if exc else "the operator stopped") from exc
+            raise StackError("the operator stopped during start-up" + (f": {exc}" if exc else "")) from exc
         if waiter not in done:
             raise StackError(f"the operator did not become ready in {ready_timeout:g} s")
     except BaseException:
