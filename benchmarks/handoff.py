@@ -3,8 +3,10 @@
 The event-driven operator against `--poll-only` (the fast path off, the kopf timer alone
 drives it, like the seed's 15 s loop), in one run, on a chain of N steps (s1 <- s2 <- ...)
 with the scripted agent. Each mode gets a fresh sandbox cluster and its own operator
-(kopf, the HTTP API, real PostgreSQL) in this process, exactly as the integration tests
-run it; every task is a real sandbox Job running `makima task run` + the scripted agent.
+(kopf, the HTTP API, real PostgreSQL) from the demo's local stack (`makima.cli.demo.stack`),
+as `makima demo` and the integration tests run them: the operator in this process, the
+sandbox on a thread of its own; every task is a real sandbox Job running `makima task run`
++ the scripted agent.
 
 Three figures per hand-off, printed side by side:
 - `operator`: what the operator itself records in `makima_handoff_latency_seconds`
@@ -36,9 +38,7 @@ import json
 import logging
 import os
 import shutil
-import socket
 import statistics
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -48,14 +48,12 @@ from typing import Any
 import aiohttp
 import yaml
 
+from makima.cli.demo.origin import create_origin
+from makima.cli.demo.stack import embedded_postgres, local_stack
 from makima.control import controller as controller_module
 from makima.control import metrics
-from makima.control.config import OperatorSettings
-from makima.control.runtime import Operator, run_operator
-from makima.control.store.embedded import EmbeddedPostgres
-from makima.core.crds import all_crds
+from makima.control.runtime import Operator
 from makima.core.tasks import Task, TaskKind
-from makima_testing.sandbox import Sandbox
 
 GROUP_PATH = "/apis/makima.dev/v1alpha1/namespaces/default"
 TERMINAL = ("Completed", "Failed", "Paused")
@@ -64,27 +62,11 @@ TERMINAL = ("Completed", "Failed", "Paused")
 # ---- helpers -------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def git(*args: str) -> None:
-    subprocess.run(["git", *args], check=True, capture_output=True, text=True)
-
-
-def make_origin(root: Path) -> Path:
-    bare = root / "origin.git"
-    git("init", "-q", "--bare", "-b", "main", str(bare))
-    work = root / "seed"
-    git("clone", "-q", str(bare), str(work))
-    (work / "README.md").write_text("# bench\n")
-    ident = ("-c", "user.name=bench", "-c", "user.email=bench@example.com")
-    git(*ident, "-C", str(work), "add", ".")
-    git(*ident, "-C", str(work), "commit", "-q", "-m", "initial")
-    git("-C", str(work), "push", "-q", "origin", "HEAD:main")
-    return bare
+async def make_origin(root: Path) -> Path:
+    seed = root / "seed"
+    seed.mkdir()
+    (seed / "README.md").write_text("# bench\n")
+    return await create_origin(root / "origin.git", seed, "main", "initial")
 
 
 def chain_directive(name: str, repo: Path, steps: int) -> dict[str, Any]:
@@ -221,109 +203,90 @@ async def run_mode(
 ) -> Result:
     res = Result(mode=mode, tick=tick, steps=steps)
     name = f"chain-{mode.replace(' ', '-').replace('_', '-')}"
-    async with Sandbox(bookmark_interval=2.0) as sb, aiohttp.ClientSession() as http:
-        for crd in all_crds().values():
-            async with http.post(f"{sb.url}/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd) as r:
-                assert r.status == 201, await r.text()
-        os.environ["KUBECONFIG"] = str(sb.kubeconfig)
-        port = free_port()
-        settings = OperatorSettings(
+
+    def on_built(op: Operator) -> None:
+        if poll_only:
+            # A task report must not reconcile at once in the baseline: only the timer may.
+            # If the operator's --poll-only still schedules such runs, drop and count them.
+            original = op.controller.trigger_soon
+
+            def timer_only(key: Any, trigger: str) -> None:
+                if trigger == "report":
+                    res.dropped_report_triggers += 1
+                    return
+                original(key, trigger)
+
+            op.controller.trigger_soon = timer_only  # type: ignore[method-assign]
+
+    # The demo's local stack: the sandbox on its own thread with the CRDs, the operator in this loop.
+    async with (
+        local_stack(
+            root / f"state-{name}",
             database_url=dsn,
-            api_listen=f"127.0.0.1:{port}",
-            api_url=f"http://127.0.0.1:{port}",
+            on_built=on_built,
+            sandbox_options={"bookmark_interval": 2.0},
             tick_seconds=tick,
             poll_only=poll_only,
-            state_dir=root / f"state-{name}",
-        )
-        built: list[Operator] = []
+        ) as stack,
+        aiohttp.ClientSession() as http,
+    ):
+        sandbox_url, op = stack.sandbox.url, stack.operator.parts
+        api0, rec0 = api_calls(), reconciles()
+        with Recorder() as recorder:
+            started = time.perf_counter()
+            async with http.post(
+                f"{sandbox_url}{GROUP_PATH}/directives", json=chain_directive(name, origin, steps)
+            ) as r:
+                assert r.status == 201, await r.text()
+                uid = (await r.json())["metadata"]["uid"]
+            deadline = started + 60 + (steps + 4) * (tick + 30)
+            status: dict[str, Any] = {}
+            while time.perf_counter() < deadline:
+                async with http.get(f"{sandbox_url}{GROUP_PATH}/directives/{name}") as r:
+                    status = (await r.json()).get("status") or {}
+                if status.get("phase") in TERMINAL:
+                    break
+                await asyncio.sleep(0.05)
+            res.wall = time.perf_counter() - started
+            res.phase = str(status.get("phase"))
+        res.observed = recorder.values
+        res.run_api_calls = api_calls() - api0
+        res.run_reconciles = reconciles() - rec0
 
-        def on_built(op: Operator) -> None:
-            built.append(op)
-            if poll_only:
-                # A task report must not reconcile at once in the baseline: only the timer may.
-                # If the operator's --poll-only still schedules such runs, drop and count them.
-                original = op.controller.trigger_soon
+        tasks = await op.store.tasks_for_directive(uid)
+        res.store, res.job_seconds = store_handoffs(list(tasks), steps)
 
-                def timer_only(key: Any, trigger: str) -> None:
-                    if trigger == "report":
-                        res.dropped_report_triggers += 1
-                        return
-                    original(key, trigger)
+        # Idle: everything Completed, only the timer fires. Count API calls and store queries.
+        queries = decides = 0
+        original_query = op.store.tasks_for_directive
+        original_decide = controller_module.decide  # type: ignore[attr-defined]
 
-                op.controller.trigger_soon = timer_only  # type: ignore[method-assign]
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal queries
+            queries += 1
+            return await original_query(*args, **kwargs)
 
-        stop, ready = asyncio.Event(), asyncio.Event()
-        operator = asyncio.create_task(
-            run_operator(settings, kubeconfig=str(sb.kubeconfig), stop_flag=stop, ready_flag=ready, on_built=on_built)
-        )
+        def counted_decide(*args: Any, **kwargs: Any) -> Any:
+            nonlocal decides
+            decides += 1
+            return original_decide(*args, **kwargs)
+
+        if idle_ticks <= 0:
+            return res
+        await asyncio.sleep(min(tick, 2.0))  # let the last status write's own event settle
+        op.store.tasks_for_directive = counted  # type: ignore[method-assign]
+        controller_module.decide = counted_decide  # type: ignore[attr-defined]
+        api1, timer1 = api_calls(), reconciles("timer")
+        t0 = time.perf_counter()
         try:
-            waiter = asyncio.create_task(ready.wait())
-            done, _ = await asyncio.wait({waiter, operator}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-            if operator in done:
-                operator.result()
-            assert waiter in done, "the operator did not become ready in 60 s"
-            op = built[0]
-
-            api0, rec0 = api_calls(), reconciles()
-            with Recorder() as recorder:
-                started = time.perf_counter()
-                async with http.post(
-                    f"{sb.url}{GROUP_PATH}/directives", json=chain_directive(name, origin, steps)
-                ) as r:
-                    assert r.status == 201, await r.text()
-                    uid = (await r.json())["metadata"]["uid"]
-                deadline = started + 60 + (steps + 4) * (tick + 30)
-                status: dict[str, Any] = {}
-                while time.perf_counter() < deadline:
-                    async with http.get(f"{sb.url}{GROUP_PATH}/directives/{name}") as r:
-                        status = (await r.json()).get("status") or {}
-                    if status.get("phase") in TERMINAL:
-                        break
-                    await asyncio.sleep(0.05)
-                res.wall = time.perf_counter() - started
-                res.phase = str(status.get("phase"))
-            res.observed = recorder.values
-            res.run_api_calls = api_calls() - api0
-            res.run_reconciles = reconciles() - rec0
-
-            tasks = await op.store.tasks_for_directive(uid)
-            res.store, res.job_seconds = store_handoffs(list(tasks), steps)
-
-            # Idle: everything Completed, only the timer fires. Count API calls and store queries.
-            queries = decides = 0
-            original_query = op.store.tasks_for_directive
-            original_decide = controller_module.decide  # type: ignore[attr-defined]
-
-            async def counted(*args: Any, **kwargs: Any) -> Any:
-                nonlocal queries
-                queries += 1
-                return await original_query(*args, **kwargs)
-
-            def counted_decide(*args: Any, **kwargs: Any) -> Any:
-                nonlocal decides
-                decides += 1
-                return original_decide(*args, **kwargs)
-
-            if idle_ticks <= 0:
-                return res
-            await asyncio.sleep(min(tick, 2.0))  # let the last status write's own event settle
-            op.store.tasks_for_directive = counted  # type: ignore[method-assign]
-            controller_module.decide = counted_decide  # type: ignore[attr-defined]
-            api1, timer1 = api_calls(), reconciles("timer")
-            t0 = time.perf_counter()
-            try:
-                await asyncio.sleep(idle_ticks * tick + 0.5)
-            finally:
-                controller_module.decide = original_decide  # type: ignore[attr-defined]
-            res.idle_seconds = time.perf_counter() - t0
-            res.idle_timer_runs = reconciles("timer") - timer1
-            res.idle_api_calls = api_calls() - api1
-            res.idle_queries = queries
-            res.idle_decides = decides
+            await asyncio.sleep(idle_ticks * tick + 0.5)
         finally:
-            stop.set()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(operator, 30)
+            controller_module.decide = original_decide  # type: ignore[attr-defined]
+        res.idle_seconds = time.perf_counter() - t0
+        res.idle_timer_runs = reconciles("timer") - timer1
+        res.idle_api_calls = api_calls() - api1
+        res.idle_queries = queries
+        res.idle_decides = decides
     return res
 
 
@@ -406,8 +369,14 @@ def report(results: list[Result], path_note: str, db_note: str) -> None:
         )
 
 
-async def main_async(args: argparse.Namespace, dsn: str, root: Path) -> list[Result]:
-    origin = make_origin(root)
+async def main_async(args: argparse.Namespace, root: Path) -> list[Result]:
+    async with contextlib.AsyncExitStack() as stack:
+        dsn = args.dsn or await stack.enter_async_context(embedded_postgres(root / "pg"))
+        return await run_modes(args, dsn, root)
+
+
+async def run_modes(args: argparse.Namespace, dsn: str, root: Path) -> list[Result]:
+    origin = await make_origin(root)
     results = []
     modes = [("event-driven", False, args.tick), ("poll-only", True, args.poll_tick or args.tick)]
     for mode, poll_only, tick in modes:
@@ -437,16 +406,9 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="makima-handoff-"))
     os.chmod(root, 0o755)  # the embedded server may run as an unprivileged user
-    server: EmbeddedPostgres | None = None
-    dsn = args.dsn
-    if dsn is None:
-        server = EmbeddedPostgres(root / "pg")
-        dsn = server.start()
     try:
-        results = asyncio.run(main_async(args, dsn, root))
+        results = asyncio.run(main_async(args, root))
     finally:
-        if server is not None:
-            server.stop()
         shutil.rmtree(root, ignore_errors=True)
     report(
         results,

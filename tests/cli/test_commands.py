@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from kubernetes import client
 from typer.testing import CliRunner, Result
@@ -25,6 +26,7 @@ from makima.core.crds import all_crds
 from makima.core.tasks import TaskState
 from makima_testing.sandbox import SandboxThread
 from tests.api.conftest import fixed_spec, make_task
+from tests.support.wait import eventually
 
 GROUP, VERSION = "makima.dev", "v1alpha1"
 READER_TOKEN = "reader-token-for-tests-0123456789"
@@ -347,7 +349,8 @@ class _NoCallbacks:
 
 
 @contextlib.asynccontextmanager
-async def operator_api(store: TaskStore) -> AsyncIterator[str]:
+async def operator_api(store: TaskStore, served: list[str] | None = None) -> AsyncIterator[str]:
+    """The operator's API on the test's store; `served` collects the path of every answered request."""
     deps = ApiDeps(
         store=store,
         hub=DaemonHub(store, DaemonSettings()),
@@ -357,7 +360,14 @@ async def operator_api(store: TaskStore) -> AsyncIterator[str]:
         verify_daemon_token=_NoCallbacks(),
         reader_token=READER_TOKEN,
     )
-    server = TestServer(build_app(deps), host="127.0.0.1")
+    app = build_app(deps)
+    if served is not None:
+
+        async def record(request: web.Request, response: web.StreamResponse) -> None:
+            served.append(request.path)
+
+        app.on_response_prepare.append(record)
+    server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
         yield str(server.make_url("")).rstrip("/")
@@ -438,17 +448,29 @@ async def test_logs_follow_until_the_step_ends_across_a_retry(cluster: Cluster, 
     await store.append_events(first.id, [("output", {"lines": ["attempt one"]})])
     cluster.directive("fw", status={"phase": "Executing"})
     cluster.step("fw", "build", phase="Running", attempts=1, task={"id": first.id})
-    async with operator_api(store) as url:
+    served: list[str] = []
+
+    def reads(task_id: str) -> int:
+        """Event reads the follower has been answered for `task_id`."""
+        return served.count(f"/v1/tasks/{task_id}/events")
+
+    async def read_again(task_id: str, what: str) -> None:
+        # Two more answered reads: the second one started after whatever happened before this call.
+        before = reads(task_id)
+        await eventually(lambda: reads(task_id) >= before + 2, what, 30)
+
+    async with operator_api(store, served) as url:
         follow = asyncio.create_task(
             asyncio.to_thread(cluster.run, "logs", "fw", "--step", "build", "-f", env=logs_env(url))
         )
-        await asyncio.sleep(0.8)
+        await read_again(first.id, "the follower reading attempt one")
         await store.append_events(first.id, [("output", {"lines": ["attempt one failed"]})])
-        await asyncio.sleep(0.8)
+        await read_again(first.id, "the follower reading attempt one's new event")
         cluster.set_status("directivesteps", "fw-build", {"phase": "Running", "attempts": 2, "task": {"id": second.id}})
-        await asyncio.sleep(0.8)
+        await eventually(lambda: reads(second.id) >= 1, "the follower switching to attempt two", 30)
         await store.append_events(second.id, [("output", {"lines": ["attempt two"]})])
-        assert not follow.done()
+        await read_again(second.id, "the follower reading attempt two's event")
+        assert not follow.done()  # the step still runs: the follower keeps following
         cluster.set_status("directivesteps", "fw-build", {"phase": "Succeeded"})
         result = await asyncio.wait_for(follow, 10)
     assert result.exit_code == 0, result.output

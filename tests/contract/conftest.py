@@ -11,9 +11,8 @@ import dataclasses
 import json
 import os
 import ssl
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import pytest
 import yaml
 
 from makima_testing.sandbox import SandboxThread
+from tests.support.wait import eventually
 
 MANIFESTS = Path(__file__).parent / "manifests"
 WIDGETS = "/apis/contract.makima.dev/v1"
@@ -134,9 +134,15 @@ class Kube:
         return f"{base}/{name}" if name else base
 
     async def watch(
-        self, path: str, params: dict[str, str], until: Callable[[list[dict[str, Any]]], bool], timeout: float = 10
+        self,
+        path: str,
+        params: dict[str, str],
+        until: Callable[[list[dict[str, Any]]], bool],
+        timeout: float = 10,
+        opened: asyncio.Event | None = None,
     ) -> list[dict[str, Any]]:
-        """Collect watch events until `until(events)` or the server closes the stream."""
+        """Collect watch events until `until(events)` or the server closes the stream. `opened`
+        is set once the server has answered (it sends its headers when the watch is in place)."""
         events: list[dict[str, Any]] = []
         url = self.endpoint.url + path
         async with (
@@ -146,19 +152,14 @@ class Kube:
             ) as rsp,
         ):
             assert rsp.status == 200, await rsp.text()
+            if opened is not None:
+                opened.set()
             async for line in rsp.content:
                 if line.strip():
                     events.append(json.loads(line))
                     if until(events):
                         break
         return events
-
-    async def eventually(self, check: Callable[[], Awaitable[bool]], timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while not await check():
-            if time.monotonic() > deadline:
-                raise AssertionError("condition not met in time")
-            await asyncio.sleep(0.05)
 
     async def gone(self, path: str) -> bool:
         status, _ = await self.call("GET", path, ok=False)
@@ -182,7 +183,7 @@ async def _ensure_crd(kube: Kube) -> None:
         served = (await kube.call("GET", WIDGETS, ok=False))[0] == 200
         return served and any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
-    await kube.eventually(established, timeout=30)
+    await eventually(established, "the widgets CRD established and served", 30)
     _crd_ready.add(kube.endpoint.url)
 
 

@@ -6,6 +6,8 @@ import asyncio
 
 import pytest
 
+from tests.support.wait import eventually
+
 from .conftest import TABLE, ApiFailure, Kube, widget
 
 
@@ -84,7 +86,7 @@ async def test_finalizers_hold_deletion(kube: Kube) -> None:
     assert held["metadata"]["deletionTimestamp"]
     assert held["metadata"]["finalizers"] == ["contract.makima.dev/cleanup"]
     await kube.patch(kube.ns("widgets", "a"), {"metadata": {"finalizers": None}})
-    await kube.eventually(lambda: kube.gone(kube.ns("widgets", "a")))
+    await eventually(lambda: kube.gone(kube.ns("widgets", "a")), "widget a gone", 15)
 
 
 async def test_cascading_deletion(kube: Kube) -> None:
@@ -103,8 +105,10 @@ async def test_cascading_deletion(kube: Kube) -> None:
     await kube.delete(kube.ns("widgets", "owner"), {"propagationPolicy": "Background"})
     # The real garbage collector starts monitoring a new CRD's kind at its next discovery
     # resync (every 30 s), so a just-created CRD's objects may wait that long.
-    await kube.eventually(lambda: kube.gone(kube.ns("widgets", "child")), timeout=120)
-    await kube.eventually(lambda: kube.gone(kube.ns("configmaps", "cm", group_version="/api/v1")), timeout=120)
+    await eventually(lambda: kube.gone(kube.ns("widgets", "child")), "the child widget collected", 120)
+    await eventually(
+        lambda: kube.gone(kube.ns("configmaps", "cm", group_version="/api/v1")), "the ConfigMap collected", 120
+    )
 
 
 async def test_watch_resumes_from_resource_version(kube: Kube) -> None:
@@ -130,12 +134,14 @@ async def test_watch_too_old_is_410(kube: Kube) -> None:
 
 
 async def test_watch_timeout_and_live_events(kube: Kube) -> None:
+    opened = asyncio.Event()
+
     async def later() -> None:
-        await asyncio.sleep(0.3)
+        await opened.wait()  # written while the watch is open
         await kube.post(kube.ns("widgets"), widget("late"))
 
     writer = asyncio.create_task(later())
-    events = await kube.watch(kube.ns("widgets"), {"timeoutSeconds": "2"}, lambda ev: False, timeout=15)
+    events = await kube.watch(kube.ns("widgets"), {"timeoutSeconds": "2"}, lambda ev: False, timeout=15, opened=opened)
     await writer
     assert [e["object"]["metadata"]["name"] for e in events if e["type"] == "ADDED"] == ["late"]
 
@@ -143,12 +149,14 @@ async def test_watch_timeout_and_live_events(kube: Kube) -> None:
 async def test_watch_selector_transitions(kube: Kube) -> None:
     await kube.post(kube.ns("widgets"), {**widget("a"), "metadata": {"name": "a", "labels": {"tier": "x"}}})
 
+    opened = asyncio.Event()
+
     async def relabel() -> None:
-        await asyncio.sleep(0.3)
+        await opened.wait()  # relabelled while the watch is open
         await kube.patch(kube.ns("widgets", "a"), {"metadata": {"labels": {"tier": "y"}}})
 
     writer = asyncio.create_task(relabel())
-    events = await kube.watch(kube.ns("widgets"), {"labelSelector": "tier=x"}, lambda ev: len(ev) >= 2)
+    events = await kube.watch(kube.ns("widgets"), {"labelSelector": "tier=x"}, lambda ev: len(ev) >= 2, opened=opened)
     await writer
     assert [e["type"] for e in events] == ["ADDED", "DELETED"]
 

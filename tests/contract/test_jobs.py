@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.wait import eventually
+
 from .conftest import Kube
 
 IMAGE = "python:3.12-alpine"  # used by a real cluster only; the sandbox ignores images
@@ -50,7 +52,7 @@ async def _finished(kube: Kube, name: str, timeout: float = 60) -> dict[str, Any
         conditions = result.get("status", {}).get("conditions", [])
         return any(c["type"] in ("Complete", "Failed") and c["status"] == "True" for c in conditions)
 
-    await kube.eventually(done, timeout=timeout)
+    await eventually(done, f"Job {name} finished", timeout)
     return result
 
 
@@ -112,7 +114,7 @@ async def test_job_deletion_kills_its_process(kube: Kube) -> None:
         pods = await kube.get(kube.ns("pods", group_version="/api/v1"), params={"labelSelector": "job-name=long"})
         return bool(pods["items"]) and pods["items"][0]["status"].get("phase") == "Running"
 
-    await kube.eventually(running)
+    await eventually(running, "the pod Running", 15)
     pods = await kube.get(kube.ns("pods", group_version="/api/v1"), params={"labelSelector": "job-name=long"})
     pod_log = kube.ns("pods", pods["items"][0]["metadata"]["name"], group_version="/api/v1") + "/log"
     pid = 0
@@ -123,14 +125,14 @@ async def test_job_deletion_kills_its_process(kube: Kube) -> None:
         pid = int(text.split()[0]) if text.strip() else 0
         return pid > 0
 
-    await kube.eventually(printed)
+    await eventually(printed, "the pod printed its pid", 15)
     await kube.delete(kube.ns("jobs", "long", group_version="/apis/batch/v1"), {"propagationPolicy": "Background"})
 
     async def pods_gone() -> bool:
         pods = await kube.get(kube.ns("pods", group_version="/api/v1"), params={"labelSelector": "job-name=long"})
         return not pods["items"]
 
-    await kube.eventually(pods_gone)
+    await eventually(pods_gone, "the pods of the deleted Job gone", 15)
 
     async def killed() -> bool:
         try:
@@ -139,7 +141,7 @@ async def test_job_deletion_kills_its_process(kube: Kube) -> None:
             return True
         return False
 
-    await kube.eventually(killed)
+    await eventually(killed, "the pod's process ended", 15)
 
 
 async def test_deleting_a_job_ends_every_process_of_its_pod(kube: Kube) -> None:
@@ -147,7 +149,7 @@ async def test_deleting_a_job_ends_every_process_of_its_pod(kube: Kube) -> None:
     PID namespace, even one that left the pod's process group (setsid). Survivors are looked
     up in /proc by a random mark in their environment."""
     if kube.real:
-        return  # what a node does with the processes is not observable from the API
+        pytest.skip("what a node does with a pod's processes is not observable through the API")
     import uuid
 
     from tests.runner.test_process_tree import marked
@@ -167,18 +169,18 @@ async def test_deleting_a_job_ends_every_process_of_its_pod(kube: Kube) -> None:
     async def started() -> bool:
         return len(marked(mark)) >= 3
 
-    await kube.eventually(started, timeout=60)
+    await eventually(started, "the pod's three processes started", 60)
     await kube.delete(kube.ns("jobs", "tree", group_version="/apis/batch/v1"), {"propagationPolicy": "Background"})
 
     async def none_left() -> bool:
         return not marked(mark)
 
-    await kube.eventually(none_left, timeout=60)
+    await eventually(none_left, "no process of the pod left", 60)
 
 
 async def test_a_finished_pod_leaves_no_process_behind(kube: Kube) -> None:
     if kube.real:
-        return  # not observable from the API
+        pytest.skip("what a node does with a finished pod's processes is not observable through the API")
     import uuid
 
     from tests.runner.test_process_tree import marked
@@ -200,4 +202,4 @@ async def test_a_finished_pod_leaves_no_process_behind(kube: Kube) -> None:
     async def none_left() -> bool:
         return not marked(mark)
 
-    await kube.eventually(none_left, timeout=60)
+    await eventually(none_left, "no process of the pod left", 60)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import yaml
 
 from makima_testing.sandbox import SandboxThread
 from tests.support.sandbox import kopf_operator
+from tests.support.wait import eventually
 
 from .conftest import MANIFESTS
 
@@ -60,15 +60,19 @@ async def test_kopf_handles_a_custom_object_lifecycle(
     settings.watching.server_timeout = 5
     async with kopf_operator(sandbox.url, registry, namespaces=["default"], settings=settings) as records:
         sandbox.apply(body)
-        await _until(lambda: "create" in seen)
-        await _until(lambda: sandbox.get(api, kind, name, "default").get("status", {}).get("message") == "Created")
+        await eventually(lambda: "create" in seen, "the create handler ran", 10)
+        await eventually(
+            lambda: sandbox.get(api, kind, name, "default").get("status", {}).get("message") == "Created",
+            "the handler's status written",
+            10,
+        )
         obj = sandbox.get(api, kind, name, "default")
         obj["spec"][field] = value
         sandbox.apply(obj)
-        await _until(lambda: "update" in seen)
+        await eventually(lambda: "update" in seen, "the update handler ran", 10)
         sandbox.delete(api, kind, name, "default")
-        await _until(lambda: "delete" in seen)
-        await _until(lambda: not sandbox.list(api, kind, "default"))
+        await eventually(lambda: "delete" in seen, "the delete handler ran", 10)
+        await eventually(lambda: not sandbox.list(api, kind, "default"), "the object gone", 10)
     problems = [r for r in records if r.levelno >= logging.WARNING]
     assert not problems, [r.getMessage() for r in problems]
     assert seen == ["create", "update", "delete"]
@@ -76,10 +80,3 @@ async def test_kopf_handles_a_custom_object_lifecycle(
 
 def _load(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
-
-
-async def _until(check: Any, timeout: float = 10) -> None:
-    """Poll: the handlers and the sandbox run elsewhere, there is no event to wait on."""
-    async with asyncio.timeout(timeout):
-        while not check():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)

@@ -19,6 +19,7 @@ import pytest
 from makima.control.kube import KubeError, UserKube
 from makima.core.naming import step_labels, step_object_name
 from tests.ship.chart import render
+from tests.support.wait import eventually
 
 from .conftest import DashboardFactory
 from .test_browser_views import directive
@@ -43,14 +44,6 @@ async def can_read(kubeconfig: Path, namespace: str) -> bool:
             kube.close()
 
     return await asyncio.to_thread(check)
-
-
-async def eventually(check: Any, what: str, timeout: float = 60) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"not true after {timeout:.0f} s: {what}")
-        await asyncio.sleep(0.2)
 
 
 async def test_rbac_decides_what_the_dashboard_may_do(
@@ -125,7 +118,7 @@ async def test_rbac_decides_what_the_dashboard_may_do(
         editor_kc = await asyncio.to_thread(real.kubeconfig_for, tmp_path / "editor.kubeconfig", ns, "editor")
         viewer_kc = await asyncio.to_thread(real.kubeconfig_for, tmp_path / "viewer.kubeconfig", ns, "viewer")
         for kc in (editor_kc, viewer_kc):
-            await eventually(lambda kc=kc: can_read(kc, ns), f"{kc.name} may read directives")
+            await eventually(lambda kc=kc: can_read(kc, ns), f"{kc.name} may read directives", 60, 0.2)
 
         # The editor: a live page (watch through the user role), and Pause is done.
         editor = await browser.new_page()

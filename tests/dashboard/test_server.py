@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,20 +13,13 @@ import aiohttp
 
 from makima.dataplane.client import EventReader
 from makima_testing.sandbox.server import SandboxThread
+from tests.support.wait import eventually
 
 from ..integration.conftest import Api
 from .conftest import DashboardFactory
 from .test_browser_views import directive, put_steps
 
 SECRET = "never-show-this-reader-token"
-
-
-async def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def read_sse(resp: aiohttp.ClientResponse, want: int) -> list[tuple[str, Any]]:
@@ -94,7 +86,7 @@ async def test_guards_stream_and_secrecy(
             watchers = [t for t in set(threading.enumerate()) - before if t.name.startswith("dashboard-watch-")]
             assert len(watchers) == 1, watchers
         # ...which ends once the page has gone (at the watch's next event or bookmark).
-        await wait_until(lambda: not watchers[0].is_alive(), "the watch thread to end")
+        await eventually(lambda: not watchers[0].is_alive(), "the watch thread ended", 30)
 
         # A step's attempts need the operator API: its failure is reported, the token is not.
         async with http.get(url + "/api/step?name=one&step=a") as r:
@@ -137,7 +129,8 @@ async def test_makima_demo_keep_prints_a_dashboard_command_that_works(pg_dsn: st
 
     from rich.console import Console
 
-    from makima.cli.demo import DemoOptions, run_demo
+    from makima.cli.demo.options import DemoOptions
+    from makima.cli.demo.run import run_demo
     from tests.integration.test_demo import _exported
 
     out = io.StringIO()
@@ -145,7 +138,7 @@ async def test_makima_demo_keep_prints_a_dashboard_command_that_works(pg_dsn: st
     demo = asyncio.create_task(run_demo(opts, Console(file=out, width=160, soft_wrap=True)))
     proc: subprocess.Popen[str] | None = None
     try:
-        await wait_until(lambda: "Press Ctrl-C" in out.getvalue() or demo.done(), "the demo to keep running", 180)
+        await eventually(lambda: "Press Ctrl-C" in out.getvalue() or demo.done(), "the demo keeps running", 180)
         assert not demo.done(), out.getvalue()
         pasted = [line.strip() for line in out.getvalue().split("keep running", 1)[1].splitlines()]
         env = {**os.environ, **_exported(pasted)}

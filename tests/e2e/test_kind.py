@@ -8,10 +8,11 @@ Run with `make e2e`. Skips with the reason when no container engine or kind is r
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
+
+from tests.support.wait import eventually_sync
 
 from .cluster import (
     GIT_REPO,
@@ -65,13 +66,13 @@ def test_directive_goes_from_goal_to_pull_request(installed: Cluster) -> None:
     name = directive["metadata"]["name"]
     k.apply([directive])
 
-    deadline = time.monotonic() + TIMEOUT_SECONDS
-    status: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        status = k.json("get", "directive", name, "-n", NAMESPACE).get("status") or {}
-        if status.get("phase") in {"Completed", "Failed"}:
-            break
-        time.sleep(3)
+    def finished() -> dict[str, Any] | None:
+        status: dict[str, Any] = k.json("get", "directive", name, "-n", NAMESPACE).get("status") or {}
+        return status if status.get("phase") in {"Completed", "Failed"} else None
+
+    status = eventually_sync(
+        finished, f"directive {name} finished", TIMEOUT_SECONDS, 3.0, detail=lambda: _diagnostics(cluster, name)
+    )
     assert status.get("phase") == "Completed", (
         f"directive ended {status.get('phase')!r}: {status.get('message')}\n{_diagnostics(cluster, name)}"
     )

@@ -8,9 +8,7 @@ the sandbox.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import socket
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -21,21 +19,18 @@ import aiohttp
 import pytest
 import yaml
 
-from makima.control.config import OperatorSettings
-from makima.control.runtime import Operator, run_operator
-from makima.core.crds import all_crds
+from makima.cli.demo import stack
+from makima.cli.demo.origin import create_origin
+from makima.cli.demo.stack import RunningOperator, operator_settings, sandbox_cluster
+from makima.control.runtime import Operator
 from makima_testing.sandbox.server import SandboxThread
+from tests.support.wait import eventually
 
 GROUP_PATH = "/apis/makima.dev/v1alpha1"
 # A deadline for a condition on a loaded machine (a CPU hog beside the suite, several suites at
 # once), not an expected duration: the scenarios take seconds on an idle machine.
 LOADED = 300.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+POLL = 0.1  # seconds between reads of the sandbox's objects
 
 
 class Api:
@@ -99,41 +94,30 @@ class Api:
         items: list[dict[str, Any]] = data["items"]
         return items
 
-    async def eventually(self, check: Callable[[], Awaitable[bool]], what: str, timeout: float = LOADED) -> None:
-        """Poll `check` until it holds; fail with `what` after `timeout` seconds."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while not await check():
-            if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"not true after {timeout:.0f} s: {what}")
-            await asyncio.sleep(0.1)
-
     async def wait_for(
         self, name: str, predicate: Callable[[dict[str, Any]], bool], timeout: float = LOADED, what: str = ""
     ) -> dict[str, Any]:
-        deadline = asyncio.get_running_loop().time() + timeout
-        obj: dict[str, Any] = {}
-        while asyncio.get_running_loop().time() < deadline:
+        """The directive `name` once `predicate` holds for it (the failure shows its status and steps')."""
+
+        async def matching() -> dict[str, Any] | None:
             obj = await self.directive(name)
-            if predicate(obj):
-                return obj
-            await asyncio.sleep(0.1)
-        steps = await self.steps(name)
-        summary = {k: v.get("status") for k, v in steps.items()}
-        raise AssertionError(f"timed out waiting for {what or predicate}: status={obj.get('status')} steps={summary}")
+            return obj if predicate(obj) else None
+
+        async def state() -> str:
+            steps = await self.steps(name)
+            status = (await self.directive(name)).get("status")
+            return f"status={status} steps={ {k: v.get('status') for k, v in steps.items()} }"
+
+        found = await eventually(matching, what or f"directive {name} as wanted", timeout, POLL, state)
+        assert found is not None
+        return found
 
 
 @pytest.fixture
 def sandbox() -> Iterator[SandboxThread]:
-    # On its own loop, as a real API server would be: kopf, on stopping, waits for (and then
-    # cancels) every task created after its start, which would include the sandbox's own.
-    sb = SandboxThread(bookmark_interval=2.0)
-    sb.start()
-    try:
-        for crd in all_crds().values():
-            sb.apply(crd)
+    """The demo's sandbox (`stack.sandbox_cluster`: on its own loop, with the CRDs)."""
+    with sandbox_cluster(bookmark_interval=2.0) as sb:
         yield sb
-    finally:
-        sb.stop()
 
 
 @dataclasses.dataclass
@@ -180,48 +164,26 @@ async def start_operator(
     monkeypatch: pytest.MonkeyPatch,
     request: pytest.FixtureRequest,
 ) -> AsyncIterator[OperatorFactory]:
-    """Start (and, for restart tests, stop and start again) an operator in this loop."""
+    """Start (and, for restart tests, stop and start again) an operator in this loop, as the
+    demo does (`stack.start_operator`), with short retries and a 15 s tick unless overridden."""
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
-    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = []
+    running: list[RunningOperator] = []
 
     async def start(**overrides: Any) -> Operator:
-        port = free_port()
-        values: dict[str, Any] = {
-            "database_url": pg_dsn,
-            "api_listen": f"127.0.0.1:{port}",
-            "api_url": f"http://127.0.0.1:{port}",
-            "tick_seconds": 15.0,
-            "retry_base_seconds": 0.2,
-            "retry_max_seconds": 1.0,
-            "state_dir": tmp_path / "state",
-        }
+        values: dict[str, Any] = {"tick_seconds": 15.0, "retry_base_seconds": 0.2, "retry_max_seconds": 1.0}
         if cluster.watch:
             values["namespaces"] = cluster.watch
         values.update(overrides)
-        settings = OperatorSettings(**values)
-        stop, ready = asyncio.Event(), asyncio.Event()
-        built: list[Operator] = []
-        task = asyncio.create_task(
-            run_operator(
-                settings, kubeconfig=str(cluster.kubeconfig), stop_flag=stop, ready_flag=ready, on_built=built.append
-            )
-        )
-        running.append((stop, task))
-        waiter = asyncio.create_task(ready.wait())
-        done, _ = await asyncio.wait({waiter, task}, timeout=LOADED, return_when=asyncio.FIRST_COMPLETED)
-        if task in done:
-            task.result()  # raises the start-up error
-        assert waiter in done, f"operator did not become ready in {LOADED:.0f} s"
-        return built[0]
+        settings = operator_settings(values.pop("database_url", pg_dsn), tmp_path / "state", **values)
+        operator = await stack.start_operator(settings, cluster.kubeconfig, ready_timeout=LOADED)
+        running.append(operator)
+        return operator.parts
 
     async def stop_all() -> None:
-        for stop, _task in running:
-            stop.set()
-        for _stop, task in running:
-            # kopf ends its own tasks by cancellation when the stop flag is set.
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(task, 30)
-        running.clear()
+        for operator in running:
+            operator.stop_flag.set()
+        while running:
+            await running.pop(0).stop()
 
     # kopf, when stopping, waits up to 5 s for every task created after it started (then
     # cancels them), and this fixture's own teardown runs in such a task. So the final stop
@@ -249,17 +211,13 @@ def git(*args: str, cwd: Path | None = None) -> str:
 
 
 @pytest.fixture
-def origin(tmp_path: Path) -> Path:
-    """A bare repository with one commit on main: the remote the directive works on."""
-    bare = tmp_path / "origin.git"
-    git("init", "--bare", "-b", "main", str(bare))
-    work = tmp_path / "seed"
-    git("clone", str(bare), str(work))
-    (work / "README.md").write_text("# demo project\n")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "-C", str(work), "add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "-C", str(work), "commit", "-m", "initial")
-    git("-C", str(work), "push", "origin", "HEAD:main")
-    return bare
+async def origin(tmp_path: Path) -> Path:
+    """A bare repository with one commit on main: the remote the directive works on (the
+    demo's `create_origin`, seeded with a README)."""
+    seed = tmp_path / "seed"
+    seed.mkdir()
+    (seed / "README.md").write_text("# demo project\n")
+    return await create_origin(tmp_path / "origin.git", seed, "main", "initial")
 
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "directive.yaml"

@@ -9,7 +9,6 @@ then runs with that ServiceAccount's token: a call the chart's rules forget fail
 from __future__ import annotations
 
 import contextlib
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from makima.core.crds import all_crds
 from tests.ship.chart import chart
 from tests.support.realcluster import RealCluster
+from tests.support.wait import eventually_sync
 
 RBAC_KINDS = ("ServiceAccount", "ClusterRole", "Role", "ClusterRoleBinding", "RoleBinding")
 _crds_installed: set[str] = set()
@@ -31,14 +31,6 @@ def path_of(doc: dict[str, Any]) -> str:
         plural = "customresourcedefinitions"
     namespace = meta.get("namespace")
     return f"{group}/namespaces/{namespace}/{plural}" if namespace else f"{group}/{plural}"
-
-
-def eventually(check: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not true after {timeout:.0f} s")
-        time.sleep(0.1)
 
 
 def install_crds(real: RealCluster) -> None:
@@ -61,12 +53,12 @@ def install_crds(real: RealCluster) -> None:
                 for c in (got.get("status") or {}).get("conditions") or []
             )
 
-        eventually(established, f"CRD {crd['metadata']['name']} established")
+        eventually_sync(established, f"CRD {crd['metadata']['name']} established")
         # Established is not yet served: until the watch cache of a new kind is initialised,
         # lists answer 429 "storage is (re)initializing" (kopf retries, but logs an error).
         spec = crd["spec"]
         listing = f"/apis/{spec['group']}/{spec['versions'][0]['name']}/{spec['names']['plural']}"
-        eventually(lambda path=listing: real.call("GET", path)[0] == 200, f"{listing} served")
+        eventually_sync(lambda path=listing: real.call("GET", path)[0] == 200, f"{listing} served")
     _crds_installed.add(real.url)
 
 
@@ -100,7 +92,7 @@ def operator_install(real: RealCluster, tmp_path: Path) -> Iterator[tuple[str, P
             real.ok("POST", path_of(doc), doc)
         service_account = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
         # Pods are admitted once the namespace's `default` ServiceAccount exists (the controller makes it).
-        eventually(
+        eventually_sync(
             lambda: real.call("GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/default")[0] == 200,
             "the namespace's default ServiceAccount",
         )

@@ -18,8 +18,9 @@ import pytest
 import yaml
 
 from makima.core.tasks import TaskKind
+from tests.support.wait import eventually
 
-from .conftest import Api, OperatorFactory, scripted
+from .conftest import LOADED, Api, OperatorFactory, scripted
 
 pytestmark = pytest.mark.parametrize("cluster", ["sandbox"], indirect=True)
 
@@ -69,7 +70,12 @@ async def test_budget_pauses_before_the_third_step_and_raising_it_resumes(
     tasks = list(await op.store.tasks_for_directive(paused["metadata"]["uid"]))
     assert not [t for t in tasks if t.step_name == "three"], "no task for the step past the budget"
     assert all((t.result or {}).get("usage", {}).get("agent") == "codex" for t in tasks)
-    events = [e for e in await api.events() if e.get("reason") == "BudgetExceeded"]
+
+    async def budget_events() -> list[dict[str, Any]]:
+        return [e for e in await api.events() if e.get("reason") == "BudgetExceeded"]
+
+    # The event follows the status patch that paused the directive (events come last).
+    events = await eventually(budget_events, "a BudgetExceeded event", LOADED)
     assert len(events) == 1 and events[0]["type"] == "Warning"
 
     await api.patch_directive("budget", {"spec": {"budget": {"maxTokens": 5000}}})

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,8 +20,10 @@ from typing import Any
 import aiohttp
 
 from makima.cli.daemon import daemon_token_secret
+from makima.control import metrics
 from makima.control.runtime import Operator
 from makima.core.tasks import Task, TaskKind, TaskState
+from tests.support.wait import eventually
 
 from .conftest import LOADED, Api, OperatorFactory, git, scripted
 
@@ -63,12 +65,9 @@ async def create_daemon_token(api: Api, token: str = DAEMON_TOKEN) -> None:
     await api.request("POST", f"/api/v1/namespaces/{api.namespace}/secrets", daemon_token_secret(api.namespace, token))
 
 
-async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 30.0, what: str = "") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what or predicate}"
-        await asyncio.sleep(0.05)
+def timer_runs() -> float:
+    """Timer reconciles so far (each directive's run on each tick, quiet ones included)."""
+    return metrics.REGISTRY.get_sample_value("makima_reconciles_total", {"trigger": "timer"}) or 0.0
 
 
 class DaemonProcess:
@@ -105,9 +104,7 @@ async def daemon_process(
         )
     daemon = DaemonProcess(proc, name, log)
     try:
-        await until(
-            lambda: _connected(op, name, daemon), timeout=20, what=f"daemon {name} to connect\n{daemon.output()}"
-        )
+        await eventually(lambda: _connected(op, name, daemon), f"daemon {name} connected", 20, detail=daemon.output)
         yield daemon
     finally:
         if proc.returncode is None:
@@ -274,7 +271,7 @@ async def test_killed_daemon_task_is_lost_retried_once_on_a_job_and_its_late_rep
         step = (await api.steps("victim"))["slow"]["status"]
         assert step["task"]["executor"] == "daemon"
         lost_id = step["task"]["id"]
-        await until(lambda: _task_file(tokens, lost_id), timeout=LOADED, what="the agent to start")
+        await eventually(lambda: _task_file(tokens, lost_id), "the agent started", LOADED)
         daemon.kill()  # the machine dies: daemon and agent, no goodbye
         await daemon.proc.wait()
 
@@ -282,7 +279,7 @@ async def test_killed_daemon_task_is_lost_retried_once_on_a_job_and_its_late_rep
             t = await op.store.get_task(lost_id)
             return t is not None and t.state is TaskState.LOST
 
-        await until(declared_lost, timeout=LOADED, what="the killed attempt to be declared lost")
+        await eventually(declared_lost, "the killed attempt declared lost", LOADED)
         done = await api.wait_for("victim", finished, timeout=LOADED, what="victim to finish")
     assert done["status"]["phase"] == "Completed", done["status"]
 
@@ -340,7 +337,9 @@ async def test_daemon_mode_waits_for_a_daemon_and_starts_when_one_connects(
         "patient", lambda d: "waiting for a daemon" in d.get("status", {}).get("message", ""), timeout=LOADED
     )
     assert waiting["status"]["phase"] == "Planning"
-    await asyncio.sleep(1.5)  # several timer ticks: nothing may start without a daemon
+    # Several timer runs after that status (tick 0.5 s): none may start a task without a daemon.
+    runs = timer_runs()
+    await eventually(lambda: timer_runs() >= runs + 3, "three more timer runs", LOADED)
     assert await tasks_of(op, api, "patient") == []
 
     async with daemon_process(op, tmp_path, "late", capacity=1):

@@ -13,14 +13,18 @@ import os
 import re
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from makima.cli.demo import ClusterClient, DemoOptions, run_demo
+from makima.cli.demo.cluster import connect
+from makima.cli.demo.options import DemoOptions
+from makima.cli.demo.run import run_demo
 from makima.cli.main import app
+from tests.support.wait import eventually
 
 from .conftest import OperatorFactory, git
 
@@ -127,12 +131,8 @@ async def test_demo_keep_prints_lines_that_work_as_written(pg_dsn: str, tmp_path
     state = tmp_path / "state"
     opts = DemoOptions(state_dir=state, database_url=pg_dsn, live=False, keep=True)
     demo = asyncio.create_task(run_demo(opts, Console(file=out, width=120, soft_wrap=True)))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 180
-    while "Press Ctrl-C" not in out.getvalue():
-        assert not demo.done(), out.getvalue()
-        assert loop.time() < deadline, out.getvalue()
-        await asyncio.sleep(0.1)
+    await eventually(lambda: "Press Ctrl-C" in out.getvalue() or demo.done(), "the demo keeps running", 180)
+    assert not demo.done(), out.getvalue()
     try:
         text = out.getvalue()
         assert "the same with kubectl" not in text  # no empty header: the lines come under "keep running"
@@ -155,19 +155,21 @@ async def test_demo_keep_prints_lines_that_work_as_written(pg_dsn: str, tmp_path
         body = yaml.safe_load(await asyncio.to_thread(second.read_text))
         assert body["metadata"]["name"] == "greeter-2"
         assert body["spec"]["repository"]["url"] == f"file://{state / 'origin.git'}"
-        client = ClusterClient(env["KUBECONFIG"])
+        kube = connect(env["KUBECONFIG"])
         try:
-            await asyncio.to_thread(client.kube.create_directive, "default", body)
+            await asyncio.to_thread(kube.create_directive, "default", body)
+
+            async def second_directive() -> dict[str, Any] | None:
+                return await asyncio.to_thread(kube.get_directive, "default", "greeter-2")
 
             async def planned() -> bool:
-                d = await asyncio.to_thread(client.directive, "default", "greeter-2")
-                return (d or {}).get("status", {}).get("phase") in ("Executing", "Completing", "Completed")
+                phase = ((await second_directive()) or {}).get("status", {}).get("phase")
+                return phase in ("Executing", "Completing", "Completed")
 
-            while not await planned():  # a placeholder URL would pause here instead
-                assert loop.time() < deadline + 180, await asyncio.to_thread(client.directive, "default", "greeter-2")
-                await asyncio.sleep(0.2)
+            # a placeholder URL would pause here instead
+            await eventually(planned, "the second directive planned", 180, 0.2, second_directive)
         finally:
-            client.close()
+            kube.close()
     finally:
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, as the person would
         result_code = (await asyncio.wait_for(demo, 120)).exit_code

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from .conftest import Api, OperatorFactory, Target, example_directive, git
+from tests.support.wait import eventually
+
+from .conftest import LOADED, Api, OperatorFactory, Target, example_directive, git
 
 pytestmark = pytest.mark.parametrize("cluster", ["sandbox", "real"], indirect=True)
 
@@ -53,7 +55,7 @@ async def test_example_directive_completes_with_a_pull_request(
         secrets[:] = (await api.request("GET", path))["items"]
         return not secrets
 
-    await api.eventually(no_token_secrets, "every task's token Secret deleted")
+    await eventually(no_token_secrets, "every task's token Secret deleted", LOADED)
     refs = git("-C", str(origin), "for-each-ref", "--format=%(refname)", "refs/makima/pulls")
     assert refs, "no pull request recorded in the repository"
     # Events a person reads in `kubectl describe` (posted right after the status patch).
@@ -62,7 +64,7 @@ async def test_example_directive_completes_with_a_pull_request(
     async def events_posted() -> bool:
         return wanted <= {e["reason"] for e in await api.events()}
 
-    await api.eventually(events_posted, f"events {sorted(wanted)} posted")
+    await eventually(events_posted, f"events {sorted(wanted)} posted", LOADED)
     assert_calls_have_rbac_rules()
 
     # Deleting the directive takes its steps, Jobs and pods with it (ownerReferences, the
@@ -72,7 +74,7 @@ async def test_example_directive_completes_with_a_pull_request(
     async def all_gone() -> bool:
         return not (await api.steps("greeter")) and not (await api.jobs()) and not (await api.pods())
 
-    await api.eventually(all_gone, "steps, Jobs and pods garbage-collected")
+    await eventually(all_gone, "steps, Jobs and pods garbage-collected", LOADED)
 
 
 def assert_calls_have_rbac_rules() -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
-from .conftest import Api, OperatorFactory, scripted
+from tests.support.wait import eventually
+
+from .conftest import LOADED, Api, OperatorFactory, scripted
 
 SCRIPT = {"plan": [{"name": "only", "title": "The only step"}], "steps": {"only": {"files": {"o.txt": "o\n"}}}}
 
@@ -21,12 +22,11 @@ async def test_blank_goal_is_reported_then_fixed(api: Api, start_operator: Opera
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
     assert await api.steps("blank") == {}
-    for _ in range(50):
-        if any(e["reason"] == "InvalidSpec" for e in await api.events()):
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("no InvalidSpec event")
+
+    async def invalid_spec_event() -> bool:
+        return any(e["reason"] == "InvalidSpec" for e in await api.events())
+
+    await eventually(invalid_spec_event, "an InvalidSpec event", LOADED)
 
     await api.patch_directive("blank", {"spec": {"goal": "Write o.txt"}})
     done = await api.wait_for("blank", lambda d: d.get("status", {}).get("phase") == "Completed", timeout=60)

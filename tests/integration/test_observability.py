@@ -13,9 +13,12 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from makima.cli.demo.stack import free_port
 from makima.control import metrics
+from makima.control.runtime import Operator
+from tests.support.wait import eventually
 
-from .conftest import Api, OperatorFactory, free_port, scripted
+from .conftest import LOADED, Api, OperatorFactory, scripted
 
 SERIES = {
     "makima_reconcile_duration_seconds": "histogram",
@@ -52,8 +55,38 @@ async def scrape(url: str) -> dict[str, tuple[str, list[tuple[dict[str, str], fl
     }
 
 
+class Settling:
+    """Records what the controller sees and runs, to tell when it has settled: the resource
+    versions it observed (its own writes and the watch's events) and its reconciles in flight."""
+
+    def __init__(self, op: Operator) -> None:
+        self.versions: list[str] = []
+        self.in_flight = 0
+        controller = op.controller
+        observe, reconcile = controller.observe_directive, controller.reconcile
+
+        def observing(body: dict[str, Any]) -> Any:
+            self.versions.append(body["metadata"]["resourceVersion"])
+            return observe(body)
+
+        async def reconciling(*args: Any, **kwargs: Any) -> Any:
+            self.in_flight += 1
+            try:
+                return await reconcile(*args, **kwargs)
+            finally:
+                self.in_flight -= 1
+
+        controller.observe_directive = observing  # type: ignore[method-assign]
+        controller.reconcile = reconciling  # type: ignore[method-assign]
+
+    def settled_at(self, version: str) -> bool:
+        """`version` seen twice (the operator's own write, then the watch's event) and no reconcile running."""
+        return self.versions.count(version) >= 2 and self.in_flight == 0
+
+
 async def test_metrics_and_a_quiet_steady_state(api: Api, start_operator: OperatorFactory, origin: Path) -> None:
     op = await start_operator()
+    settling = Settling(op)
     handoffs = sample("makima_handoff_latency_seconds_count")
     reports = sample("makima_reconciles_total", trigger="report")
     dispatched = sample("makima_tasks_dispatched_total", kind="step", route="job")
@@ -80,7 +113,9 @@ async def test_metrics_and_a_quiet_steady_state(api: Api, start_operator: Operat
 
     # Steady state: the safety-net timer costs no Kubernetes API call.
     key = ("default", "observed")
-    await asyncio.sleep(0.5)  # let the events of the final status patch settle
+    # The watch's event of the final status patch has reached the operator and its reconcile ended.
+    final = done["metadata"]["resourceVersion"]
+    await eventually(lambda: settling.settled_at(final), "the operator settled on the Completed status", LOADED)
     assert await op.controller.reconcile(key) == []  # nothing left to do ...
     before, timers = api_calls(), sample("makima_reconciles_total", trigger="timer")
     queries: list[str] = []
@@ -167,11 +202,11 @@ async def test_readyz_follows_the_store(start_operator: OperatorFactory, pg_dsn:
         assert await readyz(op.api_url) == 503
         assert sample("makima_store_errors_total", op="ping") > errors
         await proxy.run(proxy.start())
-        for _ in range(50):
-            if await readyz(op.api_url) == 200:
-                break
-            await asyncio.sleep(0.1)
-        assert await readyz(op.api_url) == 200
+
+        async def ready() -> bool:
+            return await readyz(op.api_url) == 200
+
+        await eventually(ready, "/readyz 200 once the database is back", 30)
     finally:
         await start_operator.stop_all()  # type: ignore[attr-defined]
         with contextlib.suppress(Exception):
@@ -201,12 +236,10 @@ async def test_a_step_not_yet_dispatched_shows_pending_and_zero_attempts(
         "steps": {"first": {"sleep": 3, "files": {"a.txt": "a\n"}}},
     }
     await api.apply_directive(scripted("pend", origin, script))
-    deadline = asyncio.get_running_loop().time() + 60
-    later: dict[str, Any] = {}
-    while asyncio.get_running_loop().time() < deadline:
-        steps = await api.steps("pend")
-        later = steps.get("later", {})
-        if later.get("status"):
-            break
-        await asyncio.sleep(0.05)
-    assert later.get("status") == {"phase": "Pending", "attempts": 0}, later
+
+    async def later_with_status() -> dict[str, Any] | None:
+        later: dict[str, Any] = (await api.steps("pend")).get("later", {})
+        return later if later.get("status") else None
+
+    later = await eventually(later_with_status, "step later with a status", 60)
+    assert later is not None and later.get("status") == {"phase": "Pending", "attempts": 0}, later

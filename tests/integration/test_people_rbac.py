@@ -19,9 +19,10 @@ from kubernetes.client.exceptions import ApiException
 from makima.control.kube import KubeError, UserKube
 from tests.ship.chart import chart
 from tests.support.realcluster import RealCluster
+from tests.support.wait import eventually_sync
 
 from .conftest import example_directive
-from .realenv import eventually, install_crds, path_of
+from .realenv import install_crds, path_of
 
 GROUP = "/apis/makima.dev/v1alpha1"
 
@@ -117,4 +118,4 @@ def test_the_cli_works_with_the_peoples_role_and_nothing_more(
         kube.list_directives("default")
     assert elsewhere.value.status == 403
     assert kube.delete_directive(ns, name) is True
-    eventually(lambda: kube.get_directive(ns, name) is None, "directive deleted")
+    eventually_sync(lambda: kube.get_directive(ns, name) is None, "directive deleted")

@@ -4,11 +4,11 @@ running costs the safety-net timer no SQL query and no Kubernetes call."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 from makima.control import metrics
+from tests.support.wait import eventually
 
 from .conftest import Api, OperatorFactory, scripted
 
@@ -21,14 +21,9 @@ def api_calls() -> float:
     return total
 
 
-async def _gone(api: Api, name: str, timeout: float) -> bool:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        data = await api.request("GET", f"/apis/makima.dev/v1alpha1/namespaces/{api.namespace}/directives")
-        if name not in {i["metadata"]["name"] for i in data["items"]}:
-            return True
-        await asyncio.sleep(0.1)
-    return False
+async def _gone(api: Api, name: str) -> bool:
+    data = await api.request("GET", f"/apis/makima.dev/v1alpha1/namespaces/{api.namespace}/directives")
+    return name not in {i["metadata"]["name"] for i in data["items"]}
 
 
 async def test_a_finished_directive_is_deleted_after_its_ttl(
@@ -44,7 +39,7 @@ async def test_a_finished_directive_is_deleted_after_its_ttl(
     )
     assert done["spec"]["ttlSecondsAfterFinished"] == 2
     await api.wait_for("kept", lambda d: (d.get("status") or {}).get("phase") == "Completed", timeout=90)
-    assert await _gone(api, "short-lived", timeout=60), "the directive outlived its TTL"
+    await eventually(lambda: _gone(api, "short-lived"), "the directive deleted after its TTL", 60)
     assert await api.steps("short-lived") == {}  # its steps went with it (owner references)
     # Without a TTL a finished directive stays; the operator forgot the deleted one.
     assert (await api.directive("kept"))["status"]["phase"] == "Completed"
@@ -76,14 +71,13 @@ async def test_a_running_step_costs_the_timer_nothing(
     )
     key = ("default", "busy")
     # Let the step's own Running report (runner -> API -> reconcile) land first.
-    deadline = asyncio.get_running_loop().time() + 30
-    tasks: list[Any] = []
-    while asyncio.get_running_loop().time() < deadline:
-        tasks = await op.store.tasks_for_directive((await api.directive("busy"))["metadata"]["uid"])
-        if any(t.step_name == "slow" and t.state.value == "running" for t in tasks):
-            break
-        await asyncio.sleep(0.1)
-    assert any(t.step_name == "slow" and t.state.value == "running" for t in tasks)
+    uid = (await api.directive("busy"))["metadata"]["uid"]
+
+    async def slow_task_running() -> bool:
+        tasks = await op.store.tasks_for_directive(uid)
+        return any(t.step_name == "slow" and t.state.value == "running" for t in tasks)
+
+    await eventually(slow_task_running, "the slow step's task running", 30)
     await op.controller.trigger(key, "event")  # a full look: nothing to do while the step runs
     queries: list[str] = []
     real_query = op.store.tasks_for_directive

@@ -17,6 +17,7 @@ import pytest
 
 from makima.control.runtime import Operator
 from makima.core.tasks import Task, TaskKind, TaskState
+from tests.support.wait import eventually
 
 from .conftest import LOADED, Api, OperatorFactory, git, scripted
 
@@ -68,13 +69,16 @@ def show(origin: Path, ref: str, path: str) -> str:
 
 
 async def wait_step(api: Api, directive: str, step: str, want: str, timeout: float = LOADED) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
+    async def reached() -> dict[str, Any] | None:
         got = (await api.steps(directive)).get(step)
-        if got is not None and (got.get("status") or {}).get("phase") == want:
-            return got
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"step {step} never became {want}: {got and got.get('status')}")
+        return got if got is not None and (got.get("status") or {}).get("phase") == want else None
+
+    async def status() -> Any:
+        return ((await api.steps(directive)).get(step) or {}).get("status")
+
+    found = await eventually(reached, f"step {step} {want}", timeout, detail=status)
+    assert found is not None
+    return found
 
 
 async def test_single_step(api: Api, start_operator: OperatorFactory, origin: Path) -> None:
@@ -263,7 +267,7 @@ async def test_failing_step_is_retried_then_fails_dependants_are_skipped_and_a_r
     async def posted() -> bool:
         return wanted <= {e["reason"] for e in await api.events()}
 
-    await api.eventually(posted, f"events {sorted(wanted)} posted")
+    await eventually(posted, f"events {sorted(wanted)} posted", LOADED)
 
     # `makima retry` as an editor does it: the retry annotation; the operator moves the Failed
     # and Skipped steps back to Pending, bad's third attempt succeeds and the directive completes.
@@ -380,25 +384,24 @@ async def test_delete_while_running_cancels_tasks(api: Api, start_operator: Oper
     assert any(j["metadata"]["name"] == task.executor_ref for j in await api.jobs())
 
     await api.delete_directive("doomed")
-    deadline = asyncio.get_running_loop().time() + 20
-    while True:
+
+    async def deleted() -> bool:
         try:
             await api.directive("doomed")
         except AssertionError as exc:
             assert "404" in str(exc)
-            break
-        assert asyncio.get_running_loop().time() < deadline, "the directive was never deleted"
-        await asyncio.sleep(0.1)
+            return True
+        return False
+
+    await eventually(deleted, "the directive deleted", LOADED)
     stored = only(await op.store.tasks_for_directive(created["metadata"]["uid"]), "slow")
     assert stored.state is TaskState.CANCELLED
-    for _ in range(50):
+
+    async def cleaned_up() -> bool:
         jobs = [j["metadata"]["name"] for j in await api.jobs()]
-        steps = await api.steps("doomed")
-        if task.executor_ref not in jobs and not steps:
-            break
-        await asyncio.sleep(0.1)
-    assert task.executor_ref not in jobs
-    assert steps == {}
+        return task.executor_ref not in jobs and not await api.steps("doomed")
+
+    await eventually(cleaned_up, "the Job and the steps of the deleted directive gone", LOADED)
 
 
 async def test_operator_restarted_mid_run_runs_each_step_once(

@@ -45,4 +45,5 @@ async def cut_store(proxied_dsn: str) -> AsyncIterator[TaskStore]:
 
 
 # The sandbox, a bare origin repository and a free port, from the integration suite's fixtures.
-from tests.integration.conftest import api, cluster, free_port, origin, sandbox, start_operator  # noqa: E402, F401
+from makima.cli.demo.stack import free_port  # noqa: E402, F401
+from tests.integration.conftest import api, cluster, origin, sandbox, start_operator  # noqa: E402, F401

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +19,11 @@ from makima.control.executors.daemons import DaemonHub, DaemonSettings
 from makima.control.store import StoreUnavailable, TaskStore
 from makima.core.protocol import TaskSpec
 from makima.dataplane.daemon import Daemon, DaemonConfig
+from tests.support.wait import eventually
 
 from .proxy import CutProxy
 
 LIMIT = 30.0
-
-
-async def until(predicate: Callable[[], bool | Awaitable[bool]], what: str, timeout: float = LIMIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if isinstance(value, Awaitable):
-            value = await value
-        if value:
-            return
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def any_token(namespace: str, token: str) -> bool:
@@ -93,7 +81,7 @@ async def test_a_silent_store_does_not_close_daemon_sockets(
         d = daemon(url, tmp_path)
         run = asyncio.create_task(d.run())
         try:
-            await until(lambda: d.connections == 1 and hub.connected(), "the daemon to connect")
+            await eventually(lambda: d.connections == 1 and hub.connected(), "the daemon connected", LIMIT)
             failed: list[BaseException] = []
             write = cut_store.daemon_heartbeat
 
@@ -107,9 +95,9 @@ async def test_a_silent_store_does_not_close_daemon_sockets(
             cut_store.daemon_heartbeat = recorded  # type: ignore[method-assign]
             db_proxy.cut()
             # Heartbeats keep coming (every 0.2 s); wait until writing two of them failed.
-            await until(lambda: len(failed) >= 2, "heartbeat writes to fail")
+            await eventually(lambda: len(failed) >= 2, "two heartbeat writes failed", LIMIT)
             db_proxy.heal()
-            await until(cut_store.ping, "the store to answer again")
+            await eventually(cut_store.ping, "the store answering again", LIMIT)
             # Still the first connection: it was never closed.
             assert d.connections == 1 and len(hub.connected()) == 1
         finally:
@@ -127,14 +115,15 @@ async def test_a_daemon_connecting_during_a_store_outage_retries_and_is_not_refu
         d = daemon(url, tmp_path)
         run = asyncio.create_task(d.run())
         try:
-            await until(
+            await eventually(
                 lambda: any("cannot take this daemon now" in r.getMessage() for r in caplog.records),
-                "the daemon to be told to try again",
+                "the daemon told to try again",
+                LIMIT,
             )
             assert not d.connected.is_set()
             db_proxy.heal()
-            await until(
-                lambda: d.connected.is_set() and bool(hub.connected()), "the daemon to connect after the outage"
+            await eventually(
+                lambda: d.connected.is_set() and bool(hub.connected()), "the daemon connected after the outage", LIMIT
             )
             assert not [r for r in caplog.records if "refused this daemon" in r.getMessage()]
         finally:

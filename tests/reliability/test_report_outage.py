@@ -7,13 +7,14 @@ BackoffLimitExceeded` and a second attempt redoing the work.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
 
+from makima.cli.demo.stack import free_port
 from makima.control.store import TaskStore
-from tests.integration.conftest import Api, OperatorFactory, free_port, scripted
+from tests.integration.conftest import Api, OperatorFactory, scripted
+from tests.support.wait import eventually
 
 from .proxy import CutProxy
 
@@ -28,14 +29,6 @@ exec makima agent scripted
 """
 
 
-async def until(predicate, what: str, timeout: float = 120.0) -> None:  # type: ignore[no-untyped-def]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_result_outlives_an_unreachable_operator(
     api: Api, start_operator: OperatorFactory, origin: Path, tmp_path: Path, pg_dsn: str
 ) -> None:
@@ -47,11 +40,11 @@ async def test_a_result_outlives_an_unreachable_operator(
         body = scripted("outage", origin, script)
         body["spec"]["agent"]["command"] = ["sh", "-c", GATE.format(started=started, go=go)]
         await api.apply_directive(body)
-        await until(started.exists, "the step's agent to start")
+        await eventually(started.exists, "the step's agent started", 120)
         path.refuse()
         go.touch()
         # The runner pushes, then reports: keep refusing well past the seed's four tries.
-        await until(lambda: path.refused >= 12, "the runner to keep trying")
+        await eventually(lambda: path.refused >= 12, "the runner trying again and again", 120)
         path.heal()
         done = await api.wait_for("outage", lambda d: d.get("status", {}).get("phase") == "Completed", timeout=120)
     step = (await api.steps("outage"))["a"]["status"]

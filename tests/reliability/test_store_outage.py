@@ -19,6 +19,7 @@ from makima.control.executors.daemons import DaemonHub
 from makima.control.store import StoreUnavailable, TaskStore
 from makima.core.tasks import TaskState
 from tests.store.factory import make_task
+from tests.support.wait import eventually
 
 from .proxy import CutProxy
 
@@ -105,12 +106,12 @@ async def test_readyz_answers_in_time_while_the_database_is_silent(cut_store: Ta
                         assert r.status == 503
             finally:
                 db_proxy.heal()
-            for _ in range(100):
+
+            async def ready() -> bool:
                 async with http.get(f"http://127.0.0.1:{port}/readyz") as r:
-                    if r.status == 200:
-                        break
-                await asyncio.sleep(0.1)
-            assert r.status == 200
+                    return r.status == 200
+
+            await eventually(ready, "/readyz 200 once the database is back", 30)
     finally:
         await runner.cleanup()
 

@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,6 +31,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from makima.core.protocol import AgentSettings, Outcome
+from tests.support.wait import eventually
 
 from .conftest import files_on, step_spec
 from .doubles import FakeOperatorApi
@@ -51,14 +51,6 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rfind(")") + 2] not in "ZX"
-
-
-async def _wait_gone(pid: int, deadline: float) -> bool:
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        await asyncio.sleep(0.05)
-    return not alive(pid)
 
 
 def _without_capabilities() -> list[str]:
@@ -130,7 +122,7 @@ async def test_hostile_agent_finds_no_git_token(remote: Path, tmp_path: Path, fa
 
     # The watcher it left behind was ended before the push; it never saw the token.
     watcher = int((out / "watcher.pid").read_text())
-    assert await _wait_gone(watcher, time.monotonic() + 60), "the agent's watcher outlived the task"
+    await eventually(lambda: not alive(watcher), "the agent's watcher gone with the task", 60)
     assert not (out / "watcher-hits.json").exists() or json.loads((out / "watcher-hits.json").read_text()) == []
 
     # No trap fired with the token, no file anywhere under the agent's reach holds it.

@@ -12,7 +12,6 @@ import asyncio
 import os
 import signal
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 
 from makima.core.protocol import AgentSettings, Outcome
 from makima.dataplane.runner.agent import AgentContext, run_agent
+from tests.support.wait import eventually
 
 from .conftest import step_spec
 from .doubles import FakeOperatorApi, RecordingReporter
@@ -63,15 +63,6 @@ def describe(pids: set[int]) -> str:
     return "; ".join(out)
 
 
-async def wait_for(predicate, seconds: float = 60.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        await asyncio.sleep(0.05)
-    return bool(predicate())
-
-
 def _agent(script: str, mark: str, timeout: float = 300) -> AgentSettings:
     return AgentSettings(command=["sh", "-c", script], env={"TEST_MARK": mark}, timeout_seconds=timeout)
 
@@ -85,19 +76,19 @@ async def test_cancelling_the_agent_ends_its_whole_tree(tmp_path: Path, reporter
     run = asyncio.create_task(run_agent(_agent(TREE, mark), tmp_path, "", _context(), reporter))
     try:
         # sh, sleep x3 and the detached python: five processes before we cancel.
-        assert await wait_for(lambda: len(marked(mark)) >= 5), marked(mark)
+        await eventually(lambda: len(marked(mark)) >= 5, "five marked processes", detail=lambda: marked(mark))
     finally:
         run.cancel()
         with pytest.raises(asyncio.CancelledError):
             await run
-    assert await wait_for(lambda: not marked(mark)), f"survivors: {describe(marked(mark))}"
+    await eventually(lambda: not marked(mark), "no survivor", detail=lambda: describe(marked(mark)))
 
 
 async def test_what_an_agent_leaves_behind_ends_with_it(tmp_path: Path, reporter: RecordingReporter) -> None:
     mark = uuid.uuid4().hex
     outcome = await asyncio.wait_for(run_agent(_agent(LEAVER, mark), tmp_path, "", _context(), reporter), 120)
     assert outcome.ok, outcome.describe()
-    assert await wait_for(lambda: not marked(mark)), f"survivors: {describe(marked(mark))}"
+    await eventually(lambda: not marked(mark), "no survivor", detail=lambda: describe(marked(mark)))
 
 
 async def test_timed_out_agent_ends_with_its_tree(tmp_path: Path, reporter: RecordingReporter) -> None:
@@ -105,7 +96,7 @@ async def test_timed_out_agent_ends_with_its_tree(tmp_path: Path, reporter: Reco
     settings = _agent(TREE, mark, timeout=1)
     outcome = await asyncio.wait_for(run_agent(settings, tmp_path, "", _context(), reporter), 120)
     assert outcome.timed_out
-    assert await wait_for(lambda: not marked(mark)), f"survivors: {describe(marked(mark))}"
+    await eventually(lambda: not marked(mark), "no survivor", detail=lambda: describe(marked(mark)))
 
 
 async def test_sigterm_to_task_run_ends_the_agent_tree(remote: Path, tmp_path: Path, fake_api: FakeOperatorApi) -> None:
@@ -125,12 +116,12 @@ async def test_sigterm_to_task_run_ends_the_agent_tree(remote: Path, tmp_path: P
         stderr=asyncio.subprocess.STDOUT,
     )
     try:
-        assert await wait_for(lambda: len(marked(mark)) >= 5, 120), marked(mark)
+        await eventually(lambda: len(marked(mark)) >= 5, "five marked processes", 120, detail=lambda: marked(mark))
         proc.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(proc.communicate(), 120)
     finally:
         if proc.returncode is None:
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, output.decode(errors="replace")
-    assert await wait_for(lambda: not marked(mark)), f"survivors: {describe(marked(mark))}"
+    await eventually(lambda: not marked(mark), "no survivor", detail=lambda: describe(marked(mark)))
     assert spec.task_id not in fake_api.results or fake_api.results[spec.task_id].outcome != Outcome.SUCCEEDED

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pytest
 from makima.core.protocol import Outcome, TaskSpec
 from makima.dataplane.runner.hosts import RemoteRefsHost, host_for
 from makima.dataplane.runner.run import run_task
+from tests.support.wait import eventually_sync
 
 from .conftest import completion_spec, files_on, git, scripted_agent, step_spec
 from .doubles import RecordingReporter
@@ -41,13 +41,12 @@ def served(remote: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        for _ in range(100):
+
+        def listening() -> bool:
             with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
-        else:
-            pytest.fail("git daemon did not start")
+                return s.connect_ex(("127.0.0.1", port)) == 0
+
+        eventually_sync(listening, "git daemon listening", 30)
         yield f"git://127.0.0.1:{port}/{remote.name}"
     finally:
         proc.terminate()

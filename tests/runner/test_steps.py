@@ -7,6 +7,7 @@ from pathlib import Path
 
 from makima.core.protocol import AgentSettings, EventType, Outcome
 from makima.dataplane.runner.run import run_task
+from tests.support.wait import eventually
 
 from .conftest import files_on, git, scripted_agent, step_spec
 from .doubles import RecordingReporter
@@ -158,11 +159,7 @@ def gated_agent(signals: Path, name: str, content: str) -> AgentSettings:
 
 
 async def wait_for_file(path: Path, timeout: float = 60) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await asyncio.to_thread(path.exists):
-        assert loop.time() < deadline, f"{path.name} did not appear"
-        await asyncio.sleep(0.02)
+    await eventually(lambda: asyncio.to_thread(path.exists), f"{path.name} written", timeout)
 
 
 async def test_lost_attempt_waking_up_late_does_not_overwrite_its_retry(
