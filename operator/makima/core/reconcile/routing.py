@@ -72,7 +72,6 @@ class Router:
             taken[route.daemon_id] = taken.get(route.daemon_id, 0) + 1
         return route, Router(self.mode, self.selector, self.daemons, taken, slots)
 
-
     def waiting_for(self, agent: AgentGate) -> str:
         """Why pick() gave no route: the Agent's slots are used up, or no daemon is free."""
         return agent.waiting_for if self.slots is not None and self.slots <= 0 else "a daemon"
