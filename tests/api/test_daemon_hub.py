@@ -23,6 +23,7 @@ from makima.core.protocol import (
     SpawnTask,
 )
 from makima.core.tasks import TaskState
+from tests.support.wait import eventually
 
 from .conftest import DAEMON_TOKEN, NAMESPACE, Api, bearer, make_task, spec_of
 
@@ -42,15 +43,6 @@ async def raw_daemon(
 
 async def receive(ws: aiohttp.ClientWebSocketResponse) -> Any:
     return FROM_OPERATOR.validate_json(await ws.receive_str(timeout=5))
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    """Poll `predicate` (the store has no change feed to wait on)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_daemon_registers_and_is_offered_to_the_router(api: Api) -> None:
@@ -111,7 +103,7 @@ async def test_spawn_ack_heartbeat_and_cancel(api: Api) -> None:
             t = await api.store.get_task(task.id)
             return bool(row and row.in_flight == 1 and t and before and t.heartbeat_at and t.heartbeat_at > before)
 
-        await until(refreshed)
+        await eventually(refreshed, "the heartbeat refreshed")
 
         assert await api.hub.cancel(welcome.daemon_id, task.id) is True
         msg = await receive(ws)
@@ -149,7 +141,7 @@ async def test_disconnect_releases_the_daemon_but_keeps_its_tasks(api: Api) -> N
         row = await api.store.get_daemon(daemon_id)
         return row is not None and not row.connected
 
-    await until(released)
+    await eventually(released, "the daemon released")
     assert not api.hub.is_connected(daemon_id)
     assert metrics.REGISTRY.get_sample_value("makima_daemons_connected") == 0
     stored = await api.store.get_task(task.id)
@@ -182,7 +174,7 @@ async def test_a_silent_daemon_is_closed_after_lost_after(api: Api) -> None:
         row = await api.store.get_daemon(welcome.daemon_id)
         return row is not None and not row.connected
 
-    await until(released)
+    await eventually(released, "the daemon released")
 
 
 async def test_a_second_connection_of_the_same_daemon_replaces_the_first(api: Api) -> None:

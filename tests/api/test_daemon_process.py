@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,16 +20,9 @@ from makima.core.protocol import EventType, Outcome, TaskEvent, TaskResult, Task
 from makima.core.tasks import TaskState
 from makima.dataplane.client import TaskClient
 from makima.dataplane.daemon import DAEMON_CONNECT_PATH, ENV_DAEMON_TOKEN, Daemon, DaemonConfig, TaskRunner, task_env
+from tests.support.wait import eventually
 
 from .conftest import DAEMON_TOKEN, NAMESPACE, Api, make_task, spec_of
-
-
-async def until(predicate: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
 
 
 @asynccontextmanager
@@ -102,7 +95,7 @@ async def test_daemon_runs_a_task_with_the_real_runner_and_reports_through_the_a
             t = await api.store.get_task(task.id)
             return t is not None and t.state.terminal
 
-        await until(finished, timeout=60)
+        await eventually(finished, "finished", timeout=60)
         stored = await api.store.get_task(task.id)
         assert stored is not None
         assert stored.state is TaskState.SUCCEEDED, stored.error
@@ -121,7 +114,7 @@ async def test_daemon_runs_a_task_with_the_real_runner_and_reports_through_the_a
         async def cleaned_up() -> bool:
             return not daemon.tasks and not workspace.exists()
 
-        await until(cleaned_up)
+        await eventually(cleaned_up, "the workspace is cleaned up")
 
 
 async def _no_tasks(daemon: Daemon) -> bool:
@@ -157,9 +150,9 @@ async def test_daemon_cancels_a_task_when_the_operator_asks(api: Api, tmp_path: 
         daemon_id = await connected(daemon)
         task, token = await make_task(api.store, executor_ref=daemon_id)
         assert await api.hub.spawn(daemon_id, spec_of(task), token)
-        await until(lambda: _running(api, task.id))
+        await eventually(lambda: _running(api, task.id), "the task is running")
         assert await api.hub.cancel(daemon_id, task.id)
-        await until(lambda: _no_tasks(daemon))
+        await eventually(lambda: _no_tasks(daemon), "the daemon has no tasks left")
         assert runner.cancelled == [task.id]
 
 
@@ -181,7 +174,7 @@ async def test_daemon_refuses_work_beyond_its_capacity(api: Api, tmp_path: Path)
         assert await api.hub.spawn(daemon_id, spec_of(second), second_token) is False
         assert runner.started == [first.id]
         runner.release.set()
-        await until(lambda: _no_tasks(daemon))
+        await eventually(lambda: _no_tasks(daemon), "the daemon has no tasks left")
         stored = await api.store.get_task(first.id)
         assert stored is not None and stored.state is TaskState.SUCCEEDED
 
@@ -199,19 +192,19 @@ async def test_daemon_reconnects_and_keeps_its_running_task(api: Api, tmp_path: 
             view = api.hub.get(daemon_id)
             return daemon.connections >= 2 and view is not None and task.id in view.in_flight
 
-        await until(back)
+        await eventually(back, "the daemon reconnected with its task")
         row = await api.store.get_daemon(daemon_id)
         assert row is not None and row.connected
         assert runner.cancelled == []  # kept running through the reconnect
         runner.release.set()
-        await until(lambda: _no_tasks(daemon))
+        await eventually(lambda: _no_tasks(daemon), "the daemon has no tasks left")
         stored = await api.store.get_task(task.id)
         assert stored is not None and stored.state is TaskState.SUCCEEDED
 
 
 async def test_daemon_with_a_bad_token_keeps_retrying_and_never_registers(api: Api, tmp_path: Path) -> None:
     async with running_daemon(api, tmp_path, token="wrong-daemon-token") as daemon:
-        await asyncio.sleep(0.6)
+        await eventually(lambda: daemon.attempts >= 3, "the daemon tried three times")
         assert daemon.connections == 0 and not daemon.connected.is_set()
     assert await api.store.connected_daemons(NAMESPACE) == []
 
@@ -253,14 +246,14 @@ async def test_cancelling_a_daemon_task_ends_the_agent_and_everything_it_started
             return len(marked(mark)) >= 5
 
         # Deadlines, not expected durations: a clone and five process starts on a loaded machine.
-        await until(started, timeout=180)
+        await eventually(started, "started", timeout=180)
         assert await api.hub.cancel(daemon_id, task.id)
-        await until(lambda: _no_tasks(daemon), timeout=120)
+        await eventually(lambda: _no_tasks(daemon), "the daemon has no tasks left", timeout=120)
 
         async def none_left() -> bool:
             return not marked(mark)
 
         try:
-            await until(none_left, timeout=60)
+            await eventually(none_left, "no process is left", timeout=60)
         except AssertionError:
             raise AssertionError(f"survivors: {describe(marked(mark))}") from None

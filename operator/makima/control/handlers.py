@@ -25,9 +25,9 @@ from makima.control.kube import Kube
 from makima.core import naming
 from makima.core.models import GROUP, VERSION
 
-DIRECTIVES = (GROUP, VERSION, "directives")
-STEPS = (GROUP, VERSION, "directivesteps")
-AGENTS = (GROUP, VERSION, "agents")
+DIRECTIVE_RESOURCE = (GROUP, VERSION, "directives")
+STEP_RESOURCE = (GROUP, VERSION, "directivesteps")
+AGENT_RESOURCE = (GROUP, VERSION, "agents")
 
 
 def register(
@@ -40,12 +40,12 @@ def register(
         # kopf and kube.py authenticate with the very same client configuration.
         return connection_info(kube.api.configuration)
 
-    @kopf.index(*STEPS, id="steps_by_directive", registry=registry)
+    @kopf.index(*STEP_RESOURCE, id="steps_by_directive", registry=registry)
     def steps_by_directive(namespace: str, labels: dict[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, labels.get(naming.LABEL_DIRECTIVE, "")): _plain(body)}
 
     # Agents by (namespace, name): read by the reconcile (agent_ref), never fetched per directive.
-    @kopf.index(*AGENTS, id="agents_by_name", registry=registry)
+    @kopf.index(*AGENT_RESOURCE, id="agents_by_name", registry=registry)
     def agents_by_name(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
         return {(namespace, name): _plain(body)}
 
@@ -54,7 +54,7 @@ def register(
         controller.steps_index = steps_by_directive
         controller.agents.lookup = lambda key: next(iter(agents_by_name.get(key, [])), None)
 
-    @kopf.on.event(*AGENTS, id="agent_event", registry=registry)
+    @kopf.on.event(*AGENT_RESOURCE, id="agent_event", registry=registry)
     async def agent_event(
         body: kopf.Body, steps_by_directive: kopf.Index[Any, Any], agents_by_name: kopf.Index[Any, Any], **_: Any
     ) -> None:
@@ -63,7 +63,7 @@ def register(
             for key in controller.agents.users_of((body.metadata.namespace or "", body.metadata.name or "")):
                 controller.trigger_soon(key, "agent")
 
-    @kopf.on.event(*DIRECTIVES, id="directive_event", registry=registry)
+    @kopf.on.event(*DIRECTIVE_RESOURCE, id="directive_event", registry=registry)
     async def directive_event(
         type: str | None,
         body: kopf.Body,
@@ -94,7 +94,7 @@ def register(
             with contextlib.suppress(asyncio.CancelledError):
                 await job
 
-    @kopf.on.event(*STEPS, id="step_event", registry=registry)
+    @kopf.on.event(*STEP_RESOURCE, id="step_event", registry=registry)
     async def step_event(
         type: str | None,
         body: kopf.Body,
@@ -120,7 +120,7 @@ def register(
         if outcome is not None:
             await controller.job_finished(task_id, *outcome)
 
-    @kopf.on.delete(*DIRECTIVES, id="cancel_tasks", registry=registry)
+    @kopf.on.delete(*DIRECTIVE_RESOURCE, id="cancel_tasks", registry=registry)
     async def directive_deleted(body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
         cancelled = await controller.cancel_all(body.metadata.namespace or "", body.metadata.uid or "")
         logger.info("cancelled %d running task(s) before deletion", cancelled)

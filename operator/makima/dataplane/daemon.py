@@ -153,6 +153,7 @@ class Daemon:
         self.daemon_id: str | None = None
         self.connected = asyncio.Event()
         self.connections = 0  # successful welcomes, for tests and logs
+        self.attempts = 0  # connection attempts, refused or not
         self._stopping = asyncio.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._send_lock = asyncio.Lock()
@@ -173,6 +174,7 @@ class Daemon:
         async with aiohttp.ClientSession() as session:
             try:
                 while not self._stopping.is_set():
+                    self.attempts += 1
                     try:
                         if await self._connect_once(session):
                             tries = 0

@@ -12,7 +12,7 @@ from makima.core.reconcile.expiry import expire
 from makima.core.reconcile.facts import gather
 from makima.core.reconcile.inputs import ReconcileConfig, Snapshot
 from makima.core.reconcile.planning import plan
-from makima.core.reconcile.retry import retry_requested
+from makima.core.reconcile.retry_request import retry_requested
 from makima.core.reconcile.status import directive_status
 from makima.core.reconcile.steps import initial, marks, observe, ready, skip
 
