@@ -389,7 +389,7 @@ async def local_stack(opts: DemoOptions, console: Console) -> AsyncIterator[Loca
                 retry_max_seconds=10.0,
                 # The person's MAKIMA_* environment must not bend the demo's operator.
                 namespaces=[],
-                peering=None,
+                lease_name=None,  # one operator, always active
                 poll_only=False,
             )
             stop, ready = asyncio.Event(), asyncio.Event()
