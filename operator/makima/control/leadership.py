@@ -125,6 +125,7 @@ class LeaseElector:
         self._seen_at = 0.0
         self._renewed_at: float | None = None  # our last successful write while holding it
         self._logged_holder: str | None = None
+        self.looks = 0  # Lease reads answered (for logs and tests)
 
     @property
     def call_timeout(self) -> float:
@@ -162,6 +163,7 @@ class LeaseElector:
         """One look: read the Lease, then create, renew or take it, or wait."""
         raw = await self.kube.get_lease(self.namespace, self.name, self.call_timeout)
         lease = LeaseView.of(raw) if raw is not None else None
+        self.looks += 1
         now = self.clock()
         key = (lease.holder, lease.version) if lease is not None else None
         if key != self._seen:

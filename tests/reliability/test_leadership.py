@@ -1,0 +1,160 @@
+"""The Lease election (control/leadership.py) against the sandbox's Lease API (finding 10 of
+issue 14): one active replica; a dead one is replaced within the bound and not before its
+Lease ran out; a clean stop hands over at once; a holder cut off from the API stops acting
+before anyone may take over.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from makima.control.kube import Kube, KubeError, load_kubeconfig
+from makima.control.leadership import Leadership, LeaseElector
+from makima.core.lease import LeaseTimings
+from makima_testing.sandbox.server import SandboxThread, kubeconfig_text
+
+from .proxy import CutProxy
+
+# Short timings so a test takes seconds: lease 4 s, renew deadline 2.7 s, a look every 0.53 s.
+TIMINGS = LeaseTimings.for_duration(4)
+LOADED = 120.0  # a deadline for a slow, shared machine, not an expected duration
+
+
+@dataclass
+class Replica:
+    name: str
+    kube: Kube
+    leadership: Leadership
+    elector: LeaseElector
+    task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.elector.run())
+
+    async def die(self) -> None:
+        """Stop as a SIGKILL would: no release."""
+        assert self.task is not None
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def stop(self) -> None:
+        """Stop cleanly: release the Lease."""
+        await self.die()
+        await self.elector.release()
+
+
+@contextlib.asynccontextmanager
+async def replicas(kubeconfigs: list[Path]) -> AsyncIterator[list[Replica]]:
+    made = []
+    for i, kubeconfig in enumerate(kubeconfigs):
+        kube = Kube(load_kubeconfig(str(kubeconfig)))
+        leadership = Leadership(f"replica-{i}")
+        kube.may_write = lambda leadership=leadership: leadership.active
+        made.append(
+            Replica(f"replica-{i}", kube, leadership, LeaseElector(kube, leadership, "default", "ops", TIMINGS))
+        )
+    try:
+        yield made
+    finally:
+        for r in made:
+            if r.task is not None:
+                await r.die()
+            r.kube.close()
+
+
+async def until(predicate: Callable[[], bool], what: str, timeout: float = LOADED) -> float:
+    """Wait for `predicate`; returns how long it took."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    while not predicate():
+        assert loop.time() - start < timeout, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+    return loop.time() - start
+
+
+def holder(sandbox: SandboxThread) -> str | None:
+    lease = sandbox.get("coordination.k8s.io/v1", "Lease", "ops", "default")
+    return (lease.get("spec") or {}).get("holderIdentity")
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxThread]:
+    with SandboxThread() as sb:
+        yield sb
+
+
+async def test_one_replica_is_active_and_the_lease_names_it(sandbox: SandboxThread) -> None:
+    async with replicas([sandbox.kubeconfig] * 3) as rs:
+        for r in rs:
+            r.start()
+        await until(lambda: any(r.leadership.active for r in rs), "a replica to become active")
+        # Each replica looks twice more: still exactly one active (the others saw it and waited).
+        seen = [r.elector.looks for r in rs]
+        await until(lambda: all(r.elector.looks >= n + 2 for r, n in zip(rs, seen, strict=True)), "two more looks")
+        active = [r for r in rs if r.leadership.active]
+        assert len(active) == 1
+        assert holder(sandbox) == active[0].leadership.identity
+
+
+async def test_a_dead_holder_is_replaced_within_the_bound_and_not_before_its_lease_ran_out(
+    sandbox: SandboxThread,
+) -> None:
+    async with replicas([sandbox.kubeconfig] * 2) as (a, b):
+        a.start()
+        await until(lambda: a.leadership.active, "a to become active")
+        b.start()
+        await until(lambda: b.elector.looks > 0, "b to have looked")
+        assert not b.leadership.active
+        await a.die()
+        waited = await until(lambda: b.leadership.active, "b to take over")
+        # a's last renewal was at most a period before it died, and b waits a full lease after seeing it
+        assert waited >= TIMINGS.duration - TIMINGS.retry_period, waited
+        assert waited <= TIMINGS.takeover_bound + 5.0, waited  # (slack for a loaded machine)
+        assert holder(sandbox) == b.leadership.identity
+
+
+async def test_a_clean_stop_hands_over_at_the_next_look(sandbox: SandboxThread) -> None:
+    async with replicas([sandbox.kubeconfig] * 2) as (a, b):
+        a.start()
+        await until(lambda: a.leadership.active, "a to become active")
+        b.start()
+        await until(lambda: b.elector.looks > 0, "b to have looked")
+        await a.stop()
+        assert not a.leadership.active and not a.leadership.lost.is_set()
+        waited = await until(lambda: b.leadership.active, "b to take over")
+        assert waited < TIMINGS.duration - TIMINGS.retry_period, waited  # did not wait for the lease to run out
+
+
+async def test_a_holder_cut_off_from_the_api_stops_acting_before_anyone_takes_over(
+    sandbox: SandboxThread, tmp_path: Path
+) -> None:
+    url = urlsplit(sandbox.url)
+    with CutProxy(url.hostname or "127.0.0.1", url.port or 80) as path:
+        cut_config = tmp_path / "kubeconfig-via-proxy"
+        cut_config.write_text(kubeconfig_text(f"http://127.0.0.1:{path.port}"))
+        async with replicas([cut_config, sandbox.kubeconfig]) as (a, b):
+            a.start()
+            await until(lambda: a.leadership.active, "a to become active")
+            b.start()
+            await until(lambda: b.elector.looks > 0, "b to have looked")
+            path.cut()
+            await until(lambda: a.leadership.lost.is_set(), "a to stop acting")
+            # a stopped before b could take over: b waits the whole lease after a's last renewal.
+            assert not b.leadership.active
+            assert not a.leadership.active and not a.kube.may_write()
+            with pytest.raises(KubeError, match="not the active one"):
+                await a.kube.delete_job("default", "anything")  # the gateway refuses its writes
+            await until(lambda: b.leadership.active, "b to take over")
+            path.heal()
+            # a does not come back by itself: its process ends and starts again as a standby.
+            assert a.task is not None
+            await asyncio.wait_for(a.task, LOADED)
+            assert not a.leadership.active and holder(sandbox) == b.leadership.identity
