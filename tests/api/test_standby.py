@@ -64,6 +64,7 @@ async def test_a_standby_refuses_reports_with_retry_after_and_stores_nothing(api
         resp = await api.client.request(method, path, json=body, headers=bearer(token))
         assert resp.status == 503, (method, path)
         assert resp.headers["Retry-After"] == "2", (method, path)
+        assert resp.headers["Connection"] == "close", (method, path)  # the retry opens a new connection
         assert "standing by" in (await resp.json())["error"]
     stored = await api.store.get_task(task.id)
     assert stored is not None and stored.state is TaskState.RUNNING and stored.version == task.version

@@ -1,7 +1,8 @@
 """The Lease election (control/leadership.py) against the sandbox's Lease API (finding 10 of
 issue 14): one active replica; a dead one is replaced within the bound and not before its
 Lease ran out; a clean stop hands over at once; a holder cut off from the API stops acting
-before anyone may take over.
+before anyone may take over. The last test runs it against the real kube-apiserver with
+the chart's RBAC for `replicas: 2`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from makima.control.kube import Kube, KubeError, load_kubeconfig
 from makima.control.leadership import Leadership, LeaseElector
 from makima.core.lease import LeaseTimings
 from makima_testing.sandbox.server import SandboxThread, kubeconfig_text
+from tests.integration.realenv import operator_install
+from tests.support.realcluster import RealCluster
 
 from .proxy import CutProxy
 
@@ -52,15 +55,14 @@ class Replica:
 
 
 @contextlib.asynccontextmanager
-async def replicas(kubeconfigs: list[Path]) -> AsyncIterator[list[Replica]]:
+async def replicas(kubeconfigs: list[Path], namespace: str = "default") -> AsyncIterator[list[Replica]]:
     made = []
     for i, kubeconfig in enumerate(kubeconfigs):
         kube = Kube(load_kubeconfig(str(kubeconfig)))
         leadership = Leadership(f"replica-{i}")
         kube.may_write = lambda leadership=leadership: leadership.active
-        made.append(
-            Replica(f"replica-{i}", kube, leadership, LeaseElector(kube, leadership, "default", "ops", TIMINGS))
-        )
+        elector = LeaseElector(kube, leadership, namespace, "ops", TIMINGS)
+        made.append(Replica(f"replica-{i}", kube, leadership, elector))
     try:
         yield made
     finally:
@@ -158,3 +160,34 @@ async def test_a_holder_cut_off_from_the_api_stops_acting_before_anyone_takes_ov
             assert a.task is not None
             await asyncio.wait_for(a.task, LOADED)
             assert not a.leadership.active and holder(sandbox) == b.leadership.identity
+
+
+async def test_the_election_on_the_real_api_server_with_the_charts_rbac(
+    real_cluster: RealCluster, tmp_path: Path
+) -> None:
+    """The operator's own ServiceAccount, bound to what the chart grants with `replicas: 2`, in
+    the release namespace: a Lease created, renewed (MicroTime written back as the API wants),
+    released, taken over after a holder died."""
+    with operator_install(real_cluster, tmp_path, replicas=2) as (_watched, kubeconfig):
+        from makima.control.kube import context_namespace
+
+        release_ns = context_namespace(str(kubeconfig))
+        async with replicas([kubeconfig, kubeconfig], release_ns) as (a, b):
+            a.start()
+            await until(lambda: a.leadership.active, "a to become active")
+            b.start()
+            await until(lambda: a.elector.looks >= 5 and b.elector.looks >= 2, "a few renewals")
+            assert a.leadership.active and not b.leadership.active and not a.leadership.lost.is_set()
+            path = f"/apis/coordination.k8s.io/v1/namespaces/{release_ns}/leases/ops"
+            lease = real_cluster.ok("GET", path)
+            assert lease["spec"]["holderIdentity"] == a.leadership.identity
+            assert lease["spec"]["renewTime"] > lease["spec"]["acquireTime"]  # renewed, acquisition kept
+            await a.stop()
+            await until(lambda: b.leadership.active, "b to take over the released lease")
+            a.start()  # back as a standby
+            await until(lambda: a.elector.looks >= 2, "a to look")
+            assert not a.leadership.active
+            await b.die()
+            waited = await until(lambda: a.leadership.active, "a to take over from the dead b")
+            assert waited >= TIMINGS.duration - TIMINGS.retry_period, waited
+            assert real_cluster.ok("GET", path)["spec"]["leaseTransitions"] == 2
