@@ -64,7 +64,8 @@ async def replicas(kubeconfigs: list[Path], namespace: str = "default") -> Async
         elector = LeaseElector(kube, leadership, namespace, "ops", TIMINGS)
         made.append(Replica(f"replica-{i}", kube, leadership, elector))
     try:
-        yield made
+        async with asyncio.timeout(3 * LOADED):  # a hang fails the test, showing where it waited
+            yield made
     finally:
         for r in made:
             if r.task is not None:

@@ -28,10 +28,9 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from makima.control import metrics
-from makima.control.kube import Kube, KubeError
 from makima.core.lease import (
     LeaseTimings,
     LeaseView,
@@ -42,6 +41,9 @@ from makima.core.lease import (
     next_move,
     released_spec,
 )
+
+if TYPE_CHECKING:  # not at run time: `makima operator` imports this module before the Kubernetes client
+    from makima.control.kube import Kube
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +140,8 @@ class LeaseElector:
             started = self.clock()
             try:
                 await asyncio.wait_for(self.step(), self._step_budget())
-            except (KubeError, TimeoutError, OSError) as exc:
-                log.warning("leader lease %s/%s: %s", self.namespace, self.name, exc or type(exc).__name__)
-            except Exception as exc:  # the client raises urllib3 errors of its own on a broken connection
-                log.warning("leader lease %s/%s: %s", self.namespace, self.name, type(exc).__name__)
+            except Exception as exc:  # KubeError, a timeout, the client's own connection errors: look again
+                log.warning("leader lease %s/%s: %s", self.namespace, self.name, str(exc) or type(exc).__name__)
             self._check_deadline()
             if self.leadership.lost.is_set():
                 return

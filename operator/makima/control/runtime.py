@@ -2,6 +2,8 @@
 
 `run_operator` is what `makima operator` runs; tests and the quickstart call it in-process
 with a stop flag. Nothing here decides anything: it builds the parts and connects them.
+With a Lease (replicas > 1) every part but the controller and kopf runs on a standby too;
+those start when this replica becomes the active one (control/leadership.py).
 
 Importing this module is cheap: kopf, the Kubernetes client, aiohttp and the rest load
 when an operator is built, and each start-up phase logs how long it took (imports, store,
