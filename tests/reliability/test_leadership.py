@@ -192,3 +192,30 @@ async def test_the_election_on_the_real_api_server_with_the_charts_rbac(
             waited = await until(lambda: a.leadership.active, "a to take over from the dead b")
             assert waited >= TIMINGS.duration - TIMINGS.retry_period, waited
             assert real_cluster.ok("GET", path)["spec"]["leaseTransitions"] == 2
+
+
+class HeldElsewhere:
+    """Test double of the Kubernetes gateway's Lease calls: each read waits for the test to
+    answer it, with a Lease some other replica holds."""
+
+    def __init__(self) -> None:
+        self.reads: asyncio.Queue[asyncio.Future[dict[str, object]]] = asyncio.Queue()
+
+    async def get_lease(self, namespace: str, name: str, timeout: float) -> dict[str, object]:
+        answer: asyncio.Future[dict[str, object]] = asyncio.get_running_loop().create_future()
+        await self.reads.put(answer)
+        return await answer
+
+
+async def test_stopping_the_election_as_a_look_ends_stops_it() -> None:
+    """The operator's shutdown cancels the election and waits for it: a cancellation that lands
+    just as a look returns must still end it (asyncio.wait_for on 3.11 would swallow it)."""
+    kube = HeldElsewhere()
+    elector = LeaseElector(kube, Leadership("me"), "default", "ops", TIMINGS)  # type: ignore[arg-type]
+    run = asyncio.create_task(elector.run())
+    answer = await asyncio.wait_for(kube.reads.get(), LOADED)
+    lease = {"metadata": {"resourceVersion": "1"}, "spec": {"holderIdentity": "other", "leaseDurationSeconds": 4}}
+    answer.set_result(lease)
+    run.cancel()  # in the same step: the look completes and the cancellation arrive together
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 10)

@@ -139,7 +139,10 @@ class LeaseElector:
         while not self.leadership.lost.is_set():
             started = self.clock()
             try:
-                await asyncio.wait_for(self.step(), self._step_budget())
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+                # that lands as the step ends, and then stopping the operator waits forever.
+                async with asyncio.timeout(self._step_budget()):
+                    await self.step()
             except Exception as exc:  # KubeError, a timeout, the client's own connection errors: look again
                 log.warning("leader lease %s/%s: %s", self.namespace, self.name, str(exc) or type(exc).__name__)
             self._check_deadline()
