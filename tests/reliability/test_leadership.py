@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 
 from makima.control.kube import Kube, KubeError, load_kubeconfig
@@ -23,6 +24,7 @@ from makima_testing.sandbox.server import SandboxThread, kubeconfig_text
 from tests.integration.realenv import operator_install
 from tests.support.realcluster import RealCluster
 
+from .conftest import free_port
 from .proxy import CutProxy
 
 # Short timings so a test takes seconds: lease 4 s, renew deadline 2.7 s, a look every 0.53 s.
@@ -219,3 +221,50 @@ async def test_stopping_the_election_as_a_look_ends_stops_it() -> None:
     run.cancel()  # in the same step: the look completes and the cancellation arrive together
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(run, 10)
+
+
+async def test_an_operator_that_loses_its_lease_stops_and_says_so(
+    sandbox: SandboxThread, pg_dsn: str, tmp_path: Path
+) -> None:
+    """The whole operator, in this process: active, then cut off from the API server. It stops
+    being ready and `run_operator` raises `LeadershipLost` (the process would exit and come
+    back as a standby) before the Lease could be taken by another replica."""
+    from makima.control.config import OperatorSettings
+    from makima.control.leadership import LeadershipLost
+    from makima.control.runtime import Operator, run_operator
+    from makima.core.crds import all_crds
+
+    for crd in all_crds().values():
+        sandbox.apply(crd)
+    url = urlsplit(sandbox.url)
+    with CutProxy(url.hostname or "127.0.0.1", url.port or 80) as path:
+        kubeconfig = tmp_path / "kubeconfig-via-proxy"
+        kubeconfig.write_text(kubeconfig_text(f"http://127.0.0.1:{path.port}"))
+        port = free_port()
+        settings = OperatorSettings(
+            database_url=pg_dsn,
+            api_listen=f"127.0.0.1:{port}",
+            state_dir=tmp_path / "state",
+            lease_name="ops",
+            lease_namespace="default",
+            lease_seconds=4,
+        )
+        built: list[Operator] = []
+        ready = asyncio.Event()
+        run = asyncio.create_task(
+            run_operator(settings, kubeconfig=str(kubeconfig), ready_flag=ready, on_built=built.append)
+        )
+        await asyncio.wait_for(ready.wait(), LOADED)
+        (op,) = built
+        assert op.leadership.active and holder(sandbox) == op.leadership.identity
+        path.cut()
+        lost_after = await until(lambda: op.leadership.lost.is_set(), "the operator to stop acting")
+        assert not op.kube.may_write()
+        async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+            assert resp.status == 503
+        path.heal()  # too late: it does not come back by itself
+        with pytest.raises(LeadershipLost):
+            await asyncio.wait_for(run, LOADED)
+        # Not before its renew deadline (counted from its last renewal, up to a look before the cut).
+        assert lost_after >= TIMINGS.renew_deadline - TIMINGS.retry_period, lost_after
+        print(f"\nstopped acting {lost_after:.1f} s after the cut (renew deadline {TIMINGS.renew_deadline:.1f} s)")
