@@ -62,11 +62,13 @@ def install_crds(real: RealCluster) -> None:
     _crds_installed.add(real.url)
 
 
-def rbac_documents(release: str, release_ns: str, watch_ns: str) -> list[dict[str, Any]]:
-    """The chart's ServiceAccount and RBAC for a namespaced install, rendered by Helm's engine."""
+def rbac_documents(release: str, release_ns: str, watch_ns: str, replicas: int = 1) -> list[dict[str, Any]]:
+    """The chart's ServiceAccount and RBAC for a namespaced install, rendered by Helm's engine
+    (with `replicas` > 1, the leader Lease's Role in the release namespace too)."""
     import yaml
 
-    files = chart().render({"watchNamespaces": [watch_ns]}, name=release, namespace=release_ns, is_install=True)
+    values = {"watchNamespaces": [watch_ns], "replicas": replicas}
+    files = chart().render(values, name=release, namespace=release_ns, is_install=True)
     docs = [d for path, text in files.items() if not path.endswith("NOTES.txt") for d in yaml.safe_load_all(text) if d]
     chosen = [d for d in docs if d["kind"] in RBAC_KINDS and not d["metadata"]["name"].endswith("-user")]
     chosen.sort(key=lambda d: RBAC_KINDS.index(d["kind"]))
@@ -74,8 +76,10 @@ def rbac_documents(release: str, release_ns: str, watch_ns: str) -> list[dict[st
 
 
 @contextlib.contextmanager
-def operator_install(real: RealCluster, tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """Yield (namespace, operator kubeconfig) for one test; remove everything afterwards."""
+def operator_install(real: RealCluster, tmp_path: Path, replicas: int = 1) -> Iterator[tuple[str, Path]]:
+    """Yield (namespace, operator kubeconfig) for one test; remove everything afterwards.
+
+    The kubeconfig's namespace is the release namespace (where the operator would run)."""
     install_crds(real)
     suffix = uuid.uuid4().hex[:8]
     namespace, release_ns, release = f"it-{suffix}", f"mk-{suffix}", f"mk{suffix}"
@@ -85,7 +89,7 @@ def operator_install(real: RealCluster, tmp_path: Path) -> Iterator[tuple[str, P
     }
     real.ok("POST", "/api/v1/namespaces", {"metadata": {"name": namespace, "labels": restricted}})
     real.ok("POST", "/api/v1/namespaces", {"metadata": {"name": release_ns}})
-    docs = rbac_documents(release, release_ns, namespace)
+    docs = rbac_documents(release, release_ns, namespace, replicas)
     cluster_scoped = [d for d in docs if d["kind"].startswith("Cluster")]
     try:
         for doc in docs:

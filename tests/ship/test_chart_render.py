@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import helm_python as helm
-import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -30,16 +29,10 @@ from .chart import (
 )
 
 FULLNAME = f"{RELEASE}-makima"
-# Kinds defined by CRDs, which kubernetes-validate has no schema for. kopf's peering kinds
-# are checked against their CRD schema in crds/kopf-peering.yaml; the ServiceMonitor (the
+# Kinds defined by CRDs, which kubernetes-validate has no schema for: the ServiceMonitor (the
 # Prometheus Operator's CRD, not shipped here) is checked structurally against the Service
 # it must select, in test_service_monitor_selects_the_api_service.
-CRD_KINDS = {"KopfPeering", "ClusterKopfPeering", "ServiceMonitor"}
-
-
-def _peering_crd_schemas() -> dict[str, dict[str, Any]]:
-    docs = yaml.safe_load_all((CHART_DIR / "crds" / "kopf-peering.yaml").read_text())
-    return {d["spec"]["names"]["kind"]: d["spec"]["versions"][0]["schema"]["openAPIV3Schema"] for d in docs}
+CRD_KINDS = {"ServiceMonitor"}
 
 
 @pytest.fixture(scope="module", params=sorted(SCENARIOS), ids=sorted(SCENARIOS))
@@ -51,19 +44,16 @@ def scenario(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]
 def test_every_manifest_is_valid_kubernetes(scenario: tuple[str, list[dict[str, Any]]]) -> None:
     name, docs = scenario
     assert docs, name
-    peering_schemas = _peering_crd_schemas()
     for doc in docs:
         where = f"{name}: {doc['kind']}/{doc['metadata']['name']}"
         if doc["kind"] in CRD_KINDS:
-            if doc["kind"] in peering_schemas:
-                jsonschema.validate(doc, peering_schemas[doc["kind"]])
             continue
         try:
             kubernetes_validate.validate(doc, KUBE_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{where}: {exc.message} at {list(exc.path)}")
         # Namespaced objects carry an explicit namespace (cross-namespace Roles, daemon, ...).
-        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}:
+        if doc["kind"] not in {"ClusterRole", "ClusterRoleBinding"}:
             assert doc["metadata"].get("namespace"), where
 
 
@@ -164,7 +154,7 @@ def test_operator_environment_matches_settings(monkeypatch: pytest.MonkeyPatch) 
     assert env["MAKIMA_AGENT_PROFILE"] == "claude-code"
     assert env["MAKIMA_AGENT_IMAGE"] == "ghcr.io/makima-dev/makima:0.1.0-agent-claude"
     assert "MAKIMA_AGENT_COMMAND" not in env
-    assert "MAKIMA_PEERING" not in env
+    assert "MAKIMA_LEASE_NAME" not in env  # one replica: always active, no election
     # Every MAKIMA_* variable the chart sets is a real setting, and parses.
     fields = {f"MAKIMA_{name.upper()}" for name in OperatorSettings.model_fields}
     makima_env = {k: v for k, v in env.items() if k.startswith("MAKIMA_") and isinstance(v, str)}
@@ -190,19 +180,30 @@ def test_watch_namespaces_and_agent_command_reach_the_operator(monkeypatch: pyte
     assert settings.agent_command == ["makima", "agent", "scripted"]
 
 
-def test_replicas_enable_kopf_peering() -> None:
-    docs = render({"replicas": 3})
+def test_replicas_run_active_standby_on_a_lease(monkeypatch: pytest.MonkeyPatch) -> None:
+    from makima.control.config import OperatorSettings
+
+    docs = render({"replicas": 3, "leaderElection": {"leaseSeconds": 20}})
     deploy = one(docs, "Deployment", FULLNAME)
     assert deploy["spec"]["replicas"] == 3
-    assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    # standbys are never ready: a rolling update must not wait for them to become available
+    assert deploy["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": "100%"},
+    }
     env = env_of(deploy["spec"]["template"]["spec"]["containers"][0])
-    assert env["MAKIMA_PEERING"] == "makima"
-    assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
-    assert one(docs, "ClusterKopfPeering")["metadata"]["name"] == "makima"
-    # watching listed namespaces: one namespaced peering object in each
-    docs = render({"replicas": 2, "watchNamespaces": ["team-a", "team-b"]})
-    assert sorted(p["metadata"]["namespace"] for p in of_kind(docs, "KopfPeering")) == ["team-a", "team-b"]
-    assert not of_kind(docs, "ClusterKopfPeering")
+    assert env["MAKIMA_LEASE_NAME"] == FULLNAME
+    assert env["MAKIMA_LEASE_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["MAKIMA_POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    monkeypatch.setenv("MAKIMA_LEASE_NAME", env["MAKIMA_LEASE_NAME"])
+    monkeypatch.setenv("MAKIMA_LEASE_SECONDS", env["MAKIMA_LEASE_SECONDS"])
+    settings = OperatorSettings()
+    assert (settings.lease_name, settings.lease_seconds) == (FULLNAME, 20)
+    # The Lease is a built-in kind the operator creates itself: no peering objects any more.
+    assert not [d for d in docs if d["kind"] in ("KopfPeering", "ClusterKopfPeering")]
+    # One replica: no election, and never two operators at once.
+    single = one(render(), "Deployment", FULLNAME)
+    assert single["spec"]["strategy"] == {"type": "Recreate"}
 
 
 def test_service_serves_api_and_metrics_on_one_port() -> None:

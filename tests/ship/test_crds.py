@@ -1,7 +1,7 @@
 """The chart ships the generated CRDs unchanged (charts/makima/crds/ == crds/).
 
-`make crds` regenerates crds/ and copies it into the chart. Besides those, the chart's
-crds/ holds only kopf's peering CRDs (kopf-peering.yaml), which kopf defines, not makima.
+`make crds` regenerates crds/ and copies it into the chart, which ships nothing else there
+(kopf's peering CRDs are gone: one active replica is decided by a Lease, a built-in kind).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 GENERATED = ROOT / "crds"
 IN_CHART = ROOT / "charts" / "makima" / "crds"
-CHART_ONLY = {"kopf-peering.yaml"}
 
 
 def _yaml_files(directory: Path) -> dict[str, bytes]:
@@ -31,20 +30,9 @@ def test_chart_crds_are_identical_to_generated_crds() -> None:
     generated = _yaml_files(GENERATED)
     in_chart = _yaml_files(IN_CHART)
     missing = sorted(set(generated) - set(in_chart))
-    extra = sorted(set(in_chart) - set(generated) - CHART_ONLY)
+    extra = sorted(set(in_chart) - set(generated))
     differ = sorted(name for name in set(generated) & set(in_chart) if generated[name] != in_chart[name])
     fix = "run `make crds` (or cp crds/*.yaml charts/makima/crds/)"
     assert not missing, f"missing from the chart: {missing}; {fix}"
     assert not extra, f"in the chart but not generated: {extra}; remove them or regenerate"
     assert not differ, f"chart copies differ from crds/: {differ}; {fix}"
-
-
-def test_kopf_peering_crds_are_the_kinds_kopf_uses() -> None:
-    docs = list(yaml.safe_load_all((IN_CHART / "kopf-peering.yaml").read_text()))
-    by_kind = {d["spec"]["names"]["kind"]: d for d in docs}
-    assert set(by_kind) == {"ClusterKopfPeering", "KopfPeering"}
-    assert by_kind["ClusterKopfPeering"]["spec"]["scope"] == "Cluster"
-    assert by_kind["KopfPeering"]["spec"]["scope"] == "Namespaced"
-    for doc in docs:
-        assert doc["spec"]["group"] == "kopf.dev"
-        assert [v["name"] for v in doc["spec"]["versions"]] == ["v1"]

@@ -3,9 +3,8 @@
 rbac.daemonRepositoryCredentials is on): a missing rule fails, so does an extra one, in each
 install mode (the release namespace by default, listed namespaces, cluster-wide).
 
-Decision on peering: kopf's peering rules are granted only when replicas > 1 (peering on),
-and only the one kopf uses in that mode: ClusterKopfPeering when watching all namespaces,
-KopfPeering (in each watched namespace) when watching listed namespaces.
+The leader Lease's rules (LEASE_RULES) are granted only when replicas > 1, and only in the
+release namespace (a Role `<fullname>-leader`), whatever the watch mode.
 """
 
 from __future__ import annotations
@@ -16,18 +15,17 @@ from typing import Any
 import pytest
 
 from makima.control.kube import AGENT_ADMIN_RULES, USER_RULES
-from makima.control.kube_calls import DAEMON_CREDENTIALS_RULES, NAMED_RULES, OPERATOR_RULES
+from makima.control.kube_calls import DAEMON_CREDENTIALS_RULES, LEASE_RULES, NAMED_RULES, OPERATOR_RULES
 
 from .chart import NAMESPACE, RELEASE, of_kind, render
 
 # (apiGroup, resource, resourceNames or ()) -> verbs
 Rules = dict[tuple[str, str, tuple[str, ...]], set[str]]
-PEERING = {("kopf.dev", "kopfpeerings", ()), ("kopf.dev", "clusterkopfpeerings", ())}
 CLUSTER_SCOPED = {
     ("apiextensions.k8s.io", "customresourcedefinitions", ()),
     ("", "namespaces", ()),
-    ("kopf.dev", "clusterkopfpeerings", ()),
 }
+LEADER_ROLE = f"{RELEASE}-makima-leader"
 
 
 def _flatten(rules: list[dict[str, Any]]) -> Rules:
@@ -42,17 +40,10 @@ def _flatten(rules: list[dict[str, Any]]) -> Rules:
     return dict(flat)
 
 
-def _expected(*, peering: str | None, daemon_credentials: bool = False) -> Rules:
-    """The code's rules, minus the peering rules kopf does not use in this mode."""
-    keep = {
-        None: set(),
-        "cluster": {("kopf.dev", "clusterkopfpeerings", ())},
-        "namespaced": {("kopf.dev", "kopfpeerings", ())},
-    }
+def _expected(*, daemon_credentials: bool = False) -> Rules:
+    """The code's rules for the watched namespaces (and cluster-scoped reads)."""
     expected: Rules = {}
     for group, resource, verbs in OPERATOR_RULES:
-        if (group, resource, ()) in PEERING and (group, resource, ()) not in keep[peering]:
-            continue
         expected[(group, resource, ())] = set(verbs)
     for group, resource, verbs, names in NAMED_RULES:
         expected[(group, resource, names)] = set(verbs)
@@ -66,14 +57,20 @@ def _user_role(doc: dict[str, Any]) -> bool:
     return doc["metadata"].get("labels", {}).get("makima.dev/role") in ("user", "user-admin", "agent-admin")
 
 
+def _leader(doc: dict[str, Any]) -> bool:
+    return bool(doc["metadata"]["name"] == LEADER_ROLE)
+
+
 def _bound_to_operator(docs: list[dict[str, Any]], binding_kind: str, role_kind: str) -> list[dict[str, Any]]:
     roles = {
         (r["metadata"]["name"], r["metadata"].get("namespace")): r
         for r in of_kind(docs, role_kind)
-        if not _user_role(r)  # for people (aggregated into edit/admin), tested below
+        if not _user_role(r) and not _leader(r)  # people's roles and the Lease's: tested below
     }
     bound = []
     for binding in of_kind(docs, binding_kind):
+        if _leader(binding):
+            continue
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{RELEASE}-makima", "namespace": NAMESPACE}]
         assert binding["roleRef"]["kind"] == role_kind
         key = (binding["roleRef"]["name"], binding["metadata"].get("namespace"))
@@ -81,6 +78,20 @@ def _bound_to_operator(docs: list[dict[str, Any]], binding_kind: str, role_kind:
         bound.append(roles[key])
     assert len(bound) == len(roles), f"every {role_kind} is bound"
     return bound
+
+
+def _assert_lease_role(docs: list[dict[str, Any]], replicas: int) -> None:
+    """With replicas > 1: the Lease rules, in the release namespace only, bound to the operator."""
+    roles = [r for r in of_kind(docs, "Role") if _leader(r)]
+    bindings = [b for b in of_kind(docs, "RoleBinding") if _leader(b)]
+    if replicas == 1:
+        assert not roles and not bindings
+        return
+    (role,), (binding,) = roles, bindings
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
+    assert _flatten(role["rules"]) == {(g, r, ()): set(v) for g, r, v in LEASE_RULES}
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": LEADER_ROLE}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": f"{RELEASE}-makima", "namespace": NAMESPACE}]
 
 
 def test_rule_list_is_well_formed() -> None:
@@ -100,10 +111,12 @@ def test_cluster_wide_cluster_role_equals_operator_rules(replicas: int, daemon_c
     docs = render(
         {"clusterWide": True, "replicas": replicas, "rbac": {"daemonRepositoryCredentials": daemon_credentials}}
     )
-    assert not of_kind(docs, "Role") and not of_kind(docs, "RoleBinding")
+    # cluster-wide: no namespaced Role but the Lease's (replicas > 1)
+    assert not [d for d in of_kind(docs, "Role") + of_kind(docs, "RoleBinding") if not _leader(d)]
     (cluster_role,) = _bound_to_operator(docs, "ClusterRoleBinding", "ClusterRole")
     granted = _flatten(cluster_role["rules"])
-    assert granted == _expected(peering="cluster" if replicas > 1 else None, daemon_credentials=daemon_credentials)
+    assert granted == _expected(daemon_credentials=daemon_credentials)
+    _assert_lease_role(docs, replicas)
     (deploy,) = of_kind(docs, "Deployment")
     env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MAKIMA_NAMESPACES"] == "[]"
@@ -118,7 +131,8 @@ def test_the_default_install_is_confined_to_the_release_namespace() -> None:
     assert all(set(verbs) <= {"list", "watch"} for verbs in _flatten(cluster_role["rules"]).values())
     (role,) = _bound_to_operator(docs, "RoleBinding", "Role")
     assert role["metadata"]["namespace"] == NAMESPACE
-    assert {**_flatten(role["rules"]), **_flatten(cluster_role["rules"])} == _expected(peering=None)
+    assert {**_flatten(role["rules"]), **_flatten(cluster_role["rules"])} == _expected()
+    _assert_lease_role(docs, 1)
     (deploy,) = of_kind(docs, "Deployment")
     env = {e["name"]: e.get("value") for e in deploy["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MAKIMA_NAMESPACES"] == f'["{NAMESPACE}"]'
@@ -136,7 +150,8 @@ def test_watch_namespaces_roles_equal_operator_rules(replicas: int, daemon_crede
     values = {"watchNamespaces": namespaces, "replicas": replicas}
     values["rbac"] = {"daemonRepositoryCredentials": daemon_credentials}
     docs = render(values)
-    expected = _expected(peering="namespaced" if replicas > 1 else None, daemon_credentials=daemon_credentials)
+    expected = _expected(daemon_credentials=daemon_credentials)
+    _assert_lease_role(docs, replicas)
 
     # cluster-scoped reads (kopf discovery) stay in a ClusterRole; nothing namespaced does
     (cluster_role,) = _bound_to_operator(docs, "ClusterRoleBinding", "ClusterRole")

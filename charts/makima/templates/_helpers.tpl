@@ -101,7 +101,8 @@ test "$(( $(date +%s) - $(stat -c %Y "$0") ))" -lt "$1"
 {{- end -}}
 {{- end -}}
 
-{{- define "makima.peeringEnabled" -}}
+{{/* Active/standby replicas: leader election over a Lease, only with more than one replica. */}}
+{{- define "makima.leaderElection" -}}
 {{- if gt (int .Values.replicas) 1 -}}true{{- end -}}
 {{- end -}}
 
@@ -201,8 +202,8 @@ RBAC rules: exactly the API calls in operator/makima/kube_calls.py (OPERATOR_RUL
 NAMED_RULES, DAEMON_CREDENTIALS_RULES when rbac.daemonRepositoryCredentials);
 tests/ship/test_rbac.py fails on any difference. Namespaced rules go in a Role per
 watched namespace (or the ClusterRole with clusterWide); cluster-scoped reads always
-in a ClusterRole. Peering rules only when replicas > 1: the namespaced KopfPeering when
-watching listed namespaces, the ClusterKopfPeering when watching all.
+in a ClusterRole. The Lease rules (LEASE_RULES) only when replicas > 1, in a Role of the
+release namespace (where the Lease is), whatever the watch mode.
 */}}
 {{/* The namespaces watched, as a list: [] = all (clusterWide), else watchNamespaces or the release's. */}}
 {{- define "makima.watchedNamespaces" -}}
@@ -258,14 +259,8 @@ watching listed namespaces, the ClusterKopfPeering when watching all.
   verbs: ["list", "watch"]
 {{- end -}}
 
-{{- define "makima.rules.namespacedPeering" -}}
-- apiGroups: ["kopf.dev"]
-  resources: ["kopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
-{{- end -}}
-
-{{- define "makima.rules.clusterPeering" -}}
-- apiGroups: ["kopf.dev"]
-  resources: ["clusterkopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+{{- define "makima.rules.lease" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["get", "create", "update"]
 {{- end -}}

@@ -55,6 +55,7 @@ def operator_(
 
     from makima.cli.logs import setup_logging
     from makima.control.config import OperatorSettings
+    from makima.control.leadership import LeadershipLost
     from makima.control.runtime import run_operator
 
     overrides: dict[str, object] = {}
@@ -74,7 +75,11 @@ def operator_(
             typer.echo(f"error: invalid setting {field}: {err['msg']}", err=True)
         raise typer.Exit(2) from None
     setup_logging(json_logs=settings.log_json)
-    asyncio.run(run_operator(settings, kubeconfig=kubeconfig))
+    try:
+        asyncio.run(run_operator(settings, kubeconfig=kubeconfig))
+    except LeadershipLost as exc:  # another replica may be active now: start again as a standby
+        typer.echo(f"error: {exc}; exiting so that this replica starts again as a standby", err=True)
+        raise typer.Exit(1) from None
 
 
 app.command("demo")(demo_command)

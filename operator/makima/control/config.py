@@ -61,7 +61,20 @@ class OperatorSettings(BaseSettings):
     )
     retry_base_seconds: float = Field(default=10.0, ge=0)
     retry_max_seconds: float = Field(default=600.0, ge=0)
-    peering: str | None = Field(default=None, description="kopf peering name; unset = standalone.")
+    lease_name: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+        description="Lease electing the active replica (replicas > 1); unset = this replica is always active.",
+    )
+    lease_namespace: str | None = Field(
+        default=None, description="Namespace of that Lease; default the pod's (or the kubeconfig context's)."
+    )
+    lease_seconds: int = Field(
+        default=15, ge=3, description="Lease duration: a standby takes over this long after the last renewal."
+    )
+    pod_name: str | None = Field(
+        default=None, description="This replica's name in the Lease (the chart passes the pod's); default: host name."
+    )
     poll_only: bool = Field(default=False, description="Disable the event fast path (benchmark baseline).")
     log_json: bool = False
     reader_token: str | None = Field(

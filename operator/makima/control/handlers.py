@@ -149,15 +149,10 @@ def _plain(body: kopf.Body) -> dict[str, Any]:
     return copy.deepcopy(dict(body))
 
 
-def configure(settings: kopf.OperatorSettings, *, peering: str | None) -> None:
+def configure(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = naming.FINALIZER
     settings.posting.level = logging.WARNING  # kopf's own k8s Events only for problems; ours are explicit
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
-    if peering:
-        settings.peering.name = peering
-        settings.peering.mandatory = True
-        settings.peering.standalone = False
-    else:
-        settings.peering.standalone = True
+    settings.peering.standalone = True  # one active replica is the Lease's decision (control/leadership.py)

@@ -79,6 +79,9 @@ class Kube:
         self.core: Any = client.CoreV1Api(api)
         self.threads = threads
         self._pool: ThreadPoolExecutor | None = None  # made on first use (no threads for tools)
+        self._lease_pool: ThreadPoolExecutor | None = None
+        # False on a replica that is not (or no longer) the active one: its writes are refused here.
+        self.may_write: Callable[[], bool] = lambda: True
 
     def _run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
         if self._pool is None:
@@ -87,9 +90,10 @@ class Kube:
 
     def close(self) -> None:
         """Let the worker threads go (calls in flight finish first)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        for pool in (self._pool, self._lease_pool):
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._lease_pool = None
 
     async def reachable(self, timeout: float = 3.0) -> bool:
         """GET /version (open to every authenticated client; no RBAC rule needed): for /readyz."""
@@ -100,6 +104,8 @@ class Kube:
         return True
 
     async def _call(self, verb: str, resource: str, fn: Callable[[], T]) -> T:
+        if verb != "get" and not self.may_write():
+            raise KubeError(503, "this replica is not the active one; it does not write")
         metrics.API_CALLS.labels(verb=verb, resource=resource).inc()
         try:
             return await self._run(fn)
@@ -225,6 +231,45 @@ class Kube:
             )
         except KubeError as exc:
             log.warning("could not emit event %s on %s: %s", reason, meta["name"], exc)
+
+    # ---- the leader Lease (control/leadership.py) ------------------------------------------
+    # On a thread of its own, so a renewal never queues behind a wave of other calls, and
+    # not fenced by `may_write`: taking the Lease is how a replica may write at all.
+
+    async def _lease_call(self, verb: str, fn: Callable[[], Any]) -> dict[str, Any] | None:
+        """The Lease as a dict; None on 404 (get) or 409 (someone else wrote first)."""
+        if self._lease_pool is None:
+            self._lease_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kube-lease")
+        metrics.API_CALLS.labels(verb=verb, resource="leases").inc()
+        try:
+            obj = await asyncio.get_running_loop().run_in_executor(self._lease_pool, fn)
+        except ApiException as exc:
+            if exc.status in (404, 409):
+                return None
+            raise KubeError(exc.status or 0, str(exc.reason)) from exc
+        lease: dict[str, Any] = self.api.sanitize_for_serialization(obj)
+        return lease
+
+    async def get_lease(self, namespace: str, name: str, timeout: float) -> dict[str, Any] | None:
+        api: Any = client.CoordinationV1Api(self.api)
+        return await self._lease_call(
+            "get", lambda: api.read_namespaced_lease(name, namespace, _request_timeout=timeout)
+        )
+
+    async def create_lease(self, namespace: str, body: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        api: Any = client.CoordinationV1Api(self.api)
+        return await self._lease_call(
+            "create", lambda: api.create_namespaced_lease(namespace, body, _request_timeout=timeout)
+        )
+
+    async def replace_lease(
+        self, namespace: str, name: str, body: dict[str, Any], timeout: float
+    ) -> dict[str, Any] | None:
+        """PUT with the body's resourceVersion: None when the Lease changed since it was read."""
+        api: Any = client.CoordinationV1Api(self.api)
+        return await self._lease_call(
+            "update", lambda: api.replace_namespaced_lease(name, namespace, body, _request_timeout=timeout)
+        )
 
 
 # ---- the people CLI (`makima get/describe/retry/pause/resume`) ------------------------------

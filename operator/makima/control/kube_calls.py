@@ -28,9 +28,12 @@ OPERATOR_RULES: list[tuple[str, str, tuple[str, ...]]] = [
     # kopf: resource discovery and namespace scanning
     ("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch")),
     ("", "namespaces", ("list", "watch")),
-    # kopf peering (only used with replicas > 1)
-    ("kopf.dev", "kopfpeerings", ("get", "list", "watch", "patch")),
-    ("kopf.dev", "clusterkopfpeerings", ("get", "list", "watch", "patch")),
+]
+
+# The leader Lease (control/leadership.py), only with replicas > 1, only in the namespace the
+# operator runs in: read it, create it once, renew or take it over (a compare-and-set PUT).
+LEASE_RULES: list[tuple[str, str, tuple[str, ...]]] = [
+    ("coordination.k8s.io", "leases", ("get", "create", "update")),
 ]
 
 # Rules limited to named objects: the daemon token Secret a connecting daemon is checked against

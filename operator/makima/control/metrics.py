@@ -36,6 +36,9 @@ TASK_REPORTS = Counter(
     "makima_task_reports_total", "Reports received from tasks, by kind of report.", ["report"], registry=REGISTRY
 )
 DAEMONS_CONNECTED = Gauge("makima_daemons_connected", "Daemons connected to this operator.", registry=REGISTRY)
+ACTIVE_REPLICA = Gauge(
+    "makima_active_replica", "1 while this replica is the active one (holds the Lease), else 0.", registry=REGISTRY
+)
 AGENT_TOKENS = Counter(
     "makima_agent_tokens_total",
     "Tokens the coding agents reported, by agent profile, namespace and direction (input|output).",

@@ -2,6 +2,8 @@
 
 `run_operator` is what `makima operator` runs; tests and the quickstart call it in-process
 with a stop flag. Nothing here decides anything: it builds the parts and connects them.
+With a Lease (replicas > 1) every part but the controller and kopf runs on a standby too;
+those start when this replica becomes the active one (control/leadership.py).
 
 Importing this module is cheap: kopf, the Kubernetes client, aiohttp and the rest load
 when an operator is built, and each start-up phase logs how long it took (imports, store,
@@ -11,6 +13,7 @@ Kubernetes client, API, kopf's watches).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from contextlib import AsyncExitStack
@@ -25,6 +28,7 @@ if TYPE_CHECKING:
     from makima.control.executors.daemons import DaemonHub
     from makima.control.executors.jobs import JobDefaults
     from makima.control.kube import Kube
+    from makima.control.leadership import Leadership
     from makima.control.store import TaskStore
     from makima.core.protocol import Problem, StepSubmission
     from makima.core.tasks import Task
@@ -54,6 +58,7 @@ class Operator:
     controller: Controller
     hub: DaemonHub
     api_url: str
+    leadership: Leadership
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -95,6 +100,7 @@ async def build(
     from makima.control.executors.daemons import DaemonHub, DaemonSettings
     from makima.control.executors.jobs import JobExecutor
     from makima.control.kube import Kube, load_config
+    from makima.control.leadership import Leadership
     from makima.control.resources import step_view
     from makima.control.store import open_store
     from makima.core import dag, validation
@@ -104,13 +110,11 @@ async def build(
     store = await open_store(settings)
     stack.push_async_callback(store.close)
     phases.done("store ready (pool open, migrations applied)")
-    # Whatever time passed without an operator does not count against running tasks.
-    adopted = await store.adopt_active_tasks()
-    if adopted:
-        log.info("adopted %d running task(s): each has a full heartbeat window from now", adopted)
     kube = Kube(load_config(kubeconfig))
     stack.callback(kube.close)
     phases.done("Kubernetes client configured for %s", kube.api.configuration.host)
+    leadership = Leadership(replica_identity(settings), active=settings.lease_name is None)
+    kube.may_write = lambda: leadership.active  # a replica that is not active writes nothing
     hub = DaemonHub(
         store,
         DaemonSettings(
@@ -118,6 +122,11 @@ async def build(
             lost_after_seconds=settings.daemon_lost_after_seconds,
         ),
     )
+
+    def disconnect_daemons() -> None:  # they reconnect, through the Service, to the active replica
+        asyncio.get_running_loop().create_task(hub.close("this operator replica is no longer the active one"))
+
+    leadership.on_lost(disconnect_daemons)
     jobs = JobExecutor(kube, job_defaults(settings))
     dispatcher = TaskDispatcher(store, jobs, hub, agent_defaults(settings), kube)
     config = ReconcileConfig(
@@ -160,6 +169,7 @@ async def build(
         on_task_report=on_task_report,
         verify_daemon_token=kube.daemon_token_matches,
         ready=ready,
+        active=lambda: leadership.active,
         reader_token=settings.reader_token,
     )
     runner = web.AppRunner(build_app(deps), access_log=None)
@@ -171,7 +181,49 @@ async def build(
     bound = runner.addresses[0][1] if runner.addresses else port
     log.info("operator API listening on %s:%s", host, bound)
     phases.done("API listening on %s:%s", host, bound)
-    return Operator(settings, store, kube, controller, hub, f"http://127.0.0.1:{bound}")
+    if settings.lease_name is not None:
+        await _elect(settings, kube, leadership, stack, kubeconfig)
+    return Operator(settings, store, kube, controller, hub, f"http://127.0.0.1:{bound}", leadership)
+
+
+def replica_identity(settings: OperatorSettings) -> str:
+    """This process's name in the Lease: the pod (or host) name and a suffix of its own, so a
+    restarted container is a new candidate, never mistaken for the holder it replaces."""
+    import socket
+    import uuid
+
+    return f"{settings.pod_name or socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+async def _elect(
+    settings: OperatorSettings, kube: Kube, leadership: Leadership, stack: AsyncExitStack, kubeconfig: str | None
+) -> None:
+    """Run the Lease election in the background for as long as the operator runs."""
+    from makima.control.kube import context_namespace
+    from makima.control.leadership import LeaseElector
+    from makima.core.lease import LeaseTimings
+
+    assert settings.lease_name is not None
+    namespace = settings.lease_namespace or context_namespace(kubeconfig)
+    timings = LeaseTimings.for_duration(settings.lease_seconds)
+    elector = LeaseElector(kube, leadership, namespace, settings.lease_name, timings)
+    election = asyncio.create_task(elector.run(), name="makima-lease")
+
+    async def stop() -> None:
+        election.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await election
+        await elector.release()  # stopped cleanly: a standby takes over at its next look
+
+    stack.push_async_callback(stop)
+    log.info(
+        "leader election: lease %s/%s as %s (duration %ds, renewed every %.1fs)",
+        namespace,
+        settings.lease_name,
+        leadership.identity,
+        timings.duration,
+        timings.retry_period,
+    )
 
 
 async def run_operator(
@@ -182,43 +234,87 @@ async def run_operator(
     ready_flag: asyncio.Event | None = None,
     on_built: Any = None,
 ) -> None:
-    """Run until `stop_flag` is set (or forever). `on_built(operator)` sees the parts."""
+    """Run until `stop_flag` is set (or forever). `on_built(operator)` sees the parts.
+
+    With a Lease (`settings.lease_name`) the controller starts only once this replica is the
+    active one (until then it stands by: API up, not ready). Raises `LeadershipLost` when an
+    active replica could not renew its Lease: the caller ends the process, which starts again
+    as a standby.
+    """
+    from makima.control.leadership import LeadershipLost
+
     phases = _Phases()
+    stop = stop_flag or asyncio.Event()
     async with AsyncExitStack() as stack:
         op = await build(settings, stack, kubeconfig, phases)
         if on_built is not None:
             on_built(op)
-        import kopf
+        if not await _first_of(op.leadership.wait_active(), stop.wait()):
+            return  # stopped while standing by
+        if settings.lease_name is not None:
+            phases.done("active: this replica holds the lease")
+        # Whatever time passed without an active operator does not count against running tasks.
+        adopted = await op.store.adopt_active_tasks()
+        if adopted:
+            log.info("adopted %d running task(s): each has a full heartbeat window from now", adopted)
+        await _run_kopf(op, settings, phases, stop, ready_flag)
+        if op.leadership.lost.is_set():
+            raise LeadershipLost("this replica lost its lease; it stopped acting")
 
-        from makima.control.handlers import configure, register
 
-        registry = kopf.OperatorRegistry()
-        register(registry, op.controller, op.kube, tick=settings.tick_seconds, fast_path=not settings.poll_only)
+async def _first_of(wanted: Any, stop: Any) -> bool:
+    """Await `wanted` unless `stop` finishes first; True if `wanted` did."""
+    want, halt = asyncio.ensure_future(wanted), asyncio.ensure_future(stop)
+    try:
+        await asyncio.wait({want, halt}, return_when=asyncio.FIRST_COMPLETED)
+        return want.done() and not halt.done()
+    finally:
+        for f in (want, halt):
+            f.cancel()
 
-        @kopf.on.startup(registry=registry)
-        def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-            configure(settings, peering=op.settings.peering)
 
-        kopf_ready = asyncio.Event()
+async def _run_kopf(
+    op: Operator, settings: OperatorSettings, phases: _Phases, stop: asyncio.Event, ready_flag: asyncio.Event | None
+) -> None:
+    """kopf's watches and the controller's handlers, until `stop` or until leadership is lost."""
+    import kopf
 
-        async def announce() -> None:
-            await kopf_ready.wait()
-            phases.done("kopf ready, watching (%d directives seen so far)", len(op.controller.directives))
-            if ready_flag is not None:
-                ready_flag.set()
+    from makima.control.handlers import configure, register
 
-        announcer = asyncio.create_task(announce())
-        namespaces = list(settings.namespaces)
-        phases.done("kopf registry built; starting its watches")
-        try:
-            await kopf.operator(
-                registry=registry,
-                clusterwide=not namespaces,
-                namespaces=namespaces,
-                standalone=settings.peering is None,
-                peering_name=settings.peering,
-                stop_flag=stop_flag,
-                ready_flag=kopf_ready,
-            )
-        finally:
-            announcer.cancel()
+    registry = kopf.OperatorRegistry()
+    register(registry, op.controller, op.kube, tick=settings.tick_seconds, fast_path=not settings.poll_only)
+
+    @kopf.on.startup(registry=registry)
+    def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        configure(settings)
+
+    kopf_ready = asyncio.Event()
+    kopf_stop = asyncio.Event()
+
+    async def announce() -> None:
+        await kopf_ready.wait()
+        phases.done("kopf ready, watching (%d directives seen so far)", len(op.controller.directives))
+        if ready_flag is not None:
+            ready_flag.set()
+
+    async def stop_when_told() -> None:
+        await _first_of(stop.wait(), op.leadership.lost.wait())
+        kopf_stop.set()
+
+    helpers = [asyncio.create_task(announce()), asyncio.create_task(stop_when_told())]
+    namespaces = list(settings.namespaces)
+    phases.done("kopf registry built; starting its watches")
+    try:
+        # Standalone: which replica acts is the Lease's decision (control/leadership.py), not
+        # kopf peering's, which pauses every replica when two have the same priority.
+        await kopf.operator(
+            registry=registry,
+            clusterwide=not namespaces,
+            namespaces=namespaces,
+            standalone=True,
+            stop_flag=kopf_stop,
+            ready_flag=kopf_ready,
+        )
+    finally:
+        for helper in helpers:
+            helper.cancel()

@@ -128,7 +128,7 @@ def operator_settings(database_url: str, state_dir: Path, **overrides: Any) -> O
         "api_listen": f"127.0.0.1:{port}",
         "api_url": f"http://127.0.0.1:{port}",
         "namespaces": [],
-        "peering": None,
+        "lease_name": None,  # one operator, always active
         "poll_only": False,
         **overrides,
     }

@@ -10,6 +10,7 @@ from makima.control.api import health, tasks
 from makima.control.api.auth import bearer_token
 from makima.control.api.deps import ApiDeps
 from makima.control.api.errors import error_middleware
+from makima.control.api.standby import standby_middleware
 from makima.control.api.tasks import DEPS_KEY
 from makima.core.protocol import MAX_BODY_BYTES
 
@@ -26,7 +27,7 @@ async def daemon_connect(request: web.Request) -> web.StreamResponse:
 
 def build_app(deps: ApiDeps) -> web.Application:
     """One aiohttp application: task reports, step submissions, the daemon socket, health, metrics."""
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware, standby_middleware])
     app[DEPS_KEY] = deps
     tasks.add_routes(app)
     health.add_routes(app)

@@ -23,6 +23,10 @@ async def always_ready() -> bool:
     return True
 
 
+def always_active() -> bool:
+    return True
+
+
 @dataclass
 class ApiDeps:
     """The store, the daemon hub and the controller's callables.
@@ -35,7 +39,9 @@ class ApiDeps:
       contact, result, accepted steps, pull-request report) with the updated task.
       Its failures are logged, never turned into an error for the reporter.
     - `verify_daemon_token(namespace, token)`: the namespace's daemon token check.
-    - `ready()`: backs /readyz.
+    - `ready()`: backs /readyz (on the active replica).
+    - `active()`: whether this replica is the active one (control/leadership.py); a standby
+      is not ready and answers task reports and daemon connections with 503 + Retry-After.
     - `reader_token`: operator-configured token that may read any task's event log.
     """
 
@@ -46,6 +52,7 @@ class ApiDeps:
     on_task_report: Callable[[Task], Awaitable[None]]
     verify_daemon_token: Callable[[str, str], Awaitable[bool]]
     ready: Callable[[], Awaitable[bool]] = always_ready
+    active: Callable[[], bool] = always_active
     reader_token: str | None = None
     clock: Callable[[], datetime] = field(default=utcnow)
     cas_retries: int = 5

@@ -1,4 +1,4 @@
-"""`/healthz` (the process answers), `/readyz` (deps.ready()), `/metrics` (Prometheus)."""
+"""`/healthz` (the process answers), `/readyz` (the active replica and deps.ready()), `/metrics`."""
 
 from __future__ import annotations
 
@@ -36,13 +36,15 @@ def _consume(check: asyncio.Future[bool]) -> None:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """503 unless `deps.ready()` says yes within READY_TIMEOUT.
+    """503 on a standby replica, and unless `deps.ready()` says yes within READY_TIMEOUT.
 
     The check runs as its own task and the answer does not wait for it to be cancelled: a
     database that stops answering can make a cancelled query slow to unwind, and a probe
     must get its answer in time anyway. A check still running is reused by the next probe.
     """
     deps = request.app[DEPS_KEY]
+    if not deps.active():  # a standby: the Service must not send it reports or daemons
+        return json_response({"error": "standing by: another replica is active"}, status=503)
     pending = request.app[_CHECK_KEY]
     check = pending.check
     if check is None or check.done():

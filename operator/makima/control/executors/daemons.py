@@ -8,8 +8,10 @@ on the daemon sends `DaemonHeartbeat` (running task ids) every `heartbeat_second
 
 Close codes the hub uses: 4400 bad first message, 4403 token refused, 4408 no hello in
 time, 4409 replaced by a newer connection of the same daemon, 4410 silent for longer
-than `lost_after_seconds`, 1001 operator shutting down, 1013 try again later (the
-operator's store did not answer the registration).
+than `lost_after_seconds`, 1001 operator shutting down or no longer the active replica,
+1013 try again later (the operator's store did not answer the registration). A standby
+replica refuses the upgrade itself with 503 + Retry-After (api/standby.py). The daemon
+reconnects with backoff after 1001, 1013 and a 503.
 
 A store that does not answer never costs a daemon its connection once it is registered:
 a heartbeat whose write fails is logged and the socket stays open (the next one writes
@@ -248,12 +250,13 @@ class DaemonHub:
         await conn.ws.close(code=CLOSE_SHUTDOWN, message=reason.encode()[:120])
         return True
 
-    async def close(self) -> None:
-        """Close every connection (operator shutdown); daemons reconnect to the next operator."""
+    async def close(self, reason: str = "operator shutting down") -> None:
+        """Close every connection (operator shutdown, or this replica no longer the active one);
+        daemons reconnect, through the Service, to the active operator."""
         self._closing = True
         for conn in list(self._conns.values()):
             with contextlib.suppress(Exception):
-                await conn.ws.close(code=CLOSE_SHUTDOWN, message=b"operator shutting down")
+                await conn.ws.close(code=CLOSE_SHUTDOWN, message=reason.encode()[:120])
 
     # ---- the socket ----------------------------------------------------------------------
 
