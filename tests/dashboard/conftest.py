@@ -121,6 +121,9 @@ async def dashboard() -> AsyncIterator[DashboardFactory]:
         await asyncio.to_thread(thread.stop)
 
 
+BROWSER_DEADLINE_MS = 180_000
+
+
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
     """A headless Chromium (the system's), with a fresh profile; skipped where there is none."""
@@ -139,6 +142,9 @@ async def browser() -> AsyncIterator[Any]:
                 args=CHROMIUM_ARGS,
                 viewport={"width": 1400, "height": 900},
             )
+            # Playwright's 30 s default is a guess for an idle machine; waits are for conditions,
+            # and this is only the deadline past which a slow (busy) machine is called broken.
+            context.set_default_timeout(BROWSER_DEADLINE_MS)
             try:
                 yield context
             finally:
