@@ -23,8 +23,9 @@ import pytest
 import yaml
 
 from makima.core.tasks import Task
+from tests.support.wait import eventually
 
-from .conftest import GROUP_PATH, Api, OperatorFactory
+from .conftest import GROUP_PATH, LOADED, Api, OperatorFactory
 
 pytestmark = pytest.mark.parametrize("cluster", ["sandbox", "real"], indirect=True)
 
@@ -164,7 +165,12 @@ async def test_a_missing_agent_is_waited_for_then_used(api: Api, start_operator:
     assert f"waiting for Agent {api.namespace}/later (not found" in waiting["status"]["message"]
     assert not list(await op.store.tasks_for_directive(waiting["metadata"]["uid"])), "no task without its Agent"
     assert not await api.jobs()
-    warnings = [e for e in await api.events() if e.get("reason") == "AgentNotFound"]
+
+    # Events are posted after the status patch the wait above saw.
+    async def warned() -> list[dict[str, Any]]:
+        return [e for e in await api.events() if e.get("reason") == "AgentNotFound"]
+
+    warnings = await eventually(warned, "the AgentNotFound event posted", timeout=LOADED)
     assert [e["type"] for e in warnings] == ["Warning"]
     assert warnings[0]["involvedObject"]["name"] == "waits"
 

@@ -91,9 +91,12 @@ async def build(
     settings: OperatorSettings, stack: AsyncExitStack, kubeconfig: str | None = None, phases: _Phases | None = None
 ) -> Operator:
     phases = phases or _Phases()
+    # kopf and the handlers too, now: imported later, after this replica took the Lease,
+    # their seconds of import blocked the loop past the renew deadline on a busy machine.
+    import kopf  # noqa: F401
     from aiohttp import web
 
-    from makima.control import metrics
+    from makima.control import handlers, metrics  # noqa: F401
     from makima.control.api import ApiDeps, build_app
     from makima.control.controller import Controller
     from makima.control.dispatch import TaskDispatcher
