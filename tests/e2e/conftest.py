@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from .cluster import (
+    GIT_PORT,
+    GIT_SERVER,
     IMAGE,
     OPERATOR_NAMESPACE,
     RELEASE,
@@ -26,6 +28,8 @@ from .cluster import (
     find_tool,
     run,
 )
+
+E2E_NAMESPACE = "makima-e2e"  # where test_kind.py applies its directive and git server
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +89,17 @@ def installed(cluster: Cluster) -> Iterator[Cluster]:
         },
         "postgresql": {"bundled": {"enabled": True}},
         "operator": {"logJson": False, "tickSeconds": 5},
+        # Least privilege by default: the operator watches only the namespaces it is given.
+        "watchNamespaces": [E2E_NAMESPACE],
+        # Default-deny egress for task pods: let them reach the suite's in-cluster git server.
+        "networkPolicy": {
+            "extraEgress": [
+                {
+                    "to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": GIT_SERVER}}}],
+                    "ports": [{"protocol": "TCP", "port": GIT_PORT}],
+                }
+            ]
+        },
     }
     with (
         helm.Config(kubeconfig_path=cluster.kubeconfig, namespace=OPERATOR_NAMESPACE) as config,

@@ -26,10 +26,11 @@ from .cluster import (
     git_url,
     scripted_files,
 )
+from .conftest import E2E_NAMESPACE
 
 pytestmark = pytest.mark.e2e
 
-NAMESPACE = "makima-e2e"
+NAMESPACE = E2E_NAMESPACE  # the one namespace the chart is installed to watch (conftest)
 TIMEOUT_SECONDS = 600
 
 
